@@ -1,0 +1,43 @@
+# The two commands: `make run` (the appliance from this checkout) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+ENGINE_VENV := $(CURDIR)/.venv-engine
+APPLIANCE_ROOT ?= $(CURDIR)/.appliance
+# `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
+RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
+
+.PHONY: run test test-fast bench lint install engine browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The engine in its own virtual environment, unless a `vllm` is already on PATH.
+engine:
+	@if command -v vllm >/dev/null 2>&1; then echo "using $$(command -v vllm)"; \
+	else scripts/install-engine.sh $(ENGINE_VENV); fi
+
+run: install engine
+	APPLIANCE_ROOT="$(APPLIANCE_ROOT)" PATH="$(ENGINE_VENV)/bin:$$PATH" \
+	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" ./entrypoint.sh
+
+lint: install
+	$(VENV)/bin/hadolint Dockerfile
+
+test: install lint
+	scripts/install-engine.sh $(ENGINE_VENV)
+	ENGINE_VENV="$(ENGINE_VENV)" $(VENV)/bin/python -m pytest
+
+# The control-plane tests only (no real engine).
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not engine"
+
+bench: install
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) .appliance

@@ -1,0 +1,1 @@
+"""The vLLM appliance: boot renderer, manager API and portal."""

@@ -1,0 +1,113 @@
+"""PORTAL_CONFIG and /etc/portal.yaml: the apps behind Caddy and the portal's links.
+
+PORTAL_CONFIG is `host:external:internal:path:Name|...`, as on Vast.ai. An entry
+whose external and internal ports differ gets a Caddy site; one whose ports are
+equal is only a link in the portal.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+
+from app.validation import plain_text
+
+PORTAL_NAME = "Instance Portal"
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%#-]*")
+
+
+class PortalApp(BaseModel):
+    host: str
+    external_port: int = Field(ge=1, le=65535)
+    internal_port: int = Field(ge=1, le=65535)
+    path: str = "/"
+    name: str
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not _HOST.fullmatch(value):
+            raise ValueError(f"host {value!r} is not a host name")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _PATH.fullmatch(value):
+            raise ValueError(f"path {value!r} must start with / and hold URL characters only")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        plain_text(value, "app name", max_len=64)
+        if not value.strip() or any(c in value for c in '"{}\\'):
+            raise ValueError(f"app name {value!r} is empty or holds one of \" {{ }} \\")
+        return value
+
+    @property
+    def proxied(self) -> bool:
+        return self.external_port != self.internal_port
+
+
+def parse(text: str) -> list[PortalApp]:
+    apps = []
+    for number, entry in enumerate(filter(None, (e.strip() for e in text.split("|"))), 1):
+        parts = entry.split(":", 4)
+        if len(parts) != 5:
+            raise ValueError(f"PORTAL_CONFIG entry {number} ({entry!r}) must be host:external:internal:path:Name")
+        host, external, internal, path, name = parts
+        try:
+            apps.append(PortalApp(host=host, external_port=external, internal_port=internal, path=path, name=name))
+        except ValueError as exc:
+            raise ValueError(f"PORTAL_CONFIG entry {number} ({entry!r}): {_first_error(exc)}") from None
+    externals = [a.external_port for a in apps if a.proxied]
+    duplicate = {p for p in externals if externals.count(p) > 1}
+    if duplicate:
+        raise ValueError(f"PORTAL_CONFIG proxies external port {sorted(duplicate)[0]} twice")
+    return apps
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors:
+        first = errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return str(exc)
+
+
+def write(path: Path, source: str, apps: list[PortalApp]) -> None:
+    """Write portal.yaml; `source` records the PORTAL_CONFIG it came from."""
+    doc = {"portal_config": source,
+           "applications": {a.name: a.model_dump() for a in apps}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Written from PORTAL_CONFIG at boot; edit it, then restart the appliance.\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+
+
+def load(path: Path) -> tuple[str, list[PortalApp]]:
+    doc = yaml.safe_load(path.read_text()) or {}
+    apps = [PortalApp(**fields) for fields in (doc.get("applications") or {}).values()]
+    return doc.get("portal_config", ""), apps
+
+
+def sync(path: Path, portal_config: str) -> list[PortalApp]:
+    """The apps to serve: portal.yaml as the user left it, unless PORTAL_CONFIG changed since it was written."""
+    if path.exists():
+        source, apps = load(path)
+        if source == portal_config:
+            return apps
+    apps = parse(portal_config)
+    write(path, portal_config, apps)
+    return apps
+
+
+def find(apps: list[PortalApp], name_contains: str) -> PortalApp | None:
+    exact = [a for a in apps if a.name == name_contains]
+    if exact:
+        return exact[0]
+    return next((a for a in apps if name_contains.lower() in a.name.lower()), None)

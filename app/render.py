@@ -1,0 +1,128 @@
+"""The one renderer: supervisord.conf, program files and the Caddyfile.
+
+Templates live beside the system they configure (supervisor/, caddy/). Every
+value that comes from a user is validated before it gets here and escaped for
+the file it lands in: shell-style quoting for supervisor's `command=` (which
+supervisor splits with shlex, never a shell), quoting for `environment=`, and
+`%` doubled because supervisor expands `%(name)s` in both.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from app.portal_config import PortalApp
+from app.settings import Settings
+
+MARKER = "Rendered by the appliance"
+COOKIE = "appliance_token"
+
+
+@dataclass
+class Program:
+    """One supervisor program."""
+    name: str
+    argv: list[str]
+    environment: dict[str, str] = field(default_factory=dict)
+    autostart: bool = True
+    autorestart: str = "true"
+    startsecs: int = 1
+    startretries: int = 3
+    stopwaitsecs: int = 20
+    priority: int = 500
+    note: str = "do not edit: changes are lost at the next boot"
+
+
+@dataclass
+class Site:
+    """One Caddy site: a public port in front of a local one."""
+    external_port: int
+    upstream: str
+    auth: bool
+
+
+def _templates(settings: Settings) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(settings.home)),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def supervisor_escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def command_line(argv: list[str]) -> str:
+    return supervisor_escape(" ".join(shlex.quote(arg) for arg in argv))
+
+
+def environment_line(environment: dict[str, str]) -> str:
+    """KEY="value",... as supervisor parses it (quotes kept literal, so pick one the value lacks)."""
+    parts = []
+    for name, value in environment.items():
+        quote = '"' if '"' not in value else "'"
+        if quote in value:
+            raise ValueError(f"environment variable {name} may contain single or double quotes, not both")
+        parts.append(f"{name}={quote}{supervisor_escape(value)}{quote}")
+    return ",".join(parts)
+
+
+def supervisord_conf(settings: Settings, python: str) -> str:
+    return _templates(settings).get_template("supervisor/supervisord.conf.j2").render(
+        user="root" if os.geteuid() == 0 else "", socket=settings.supervisor_socket, log_dir=settings.log_dir, run_dir=settings.run_dir,
+        programs_dir=settings.programs_dir, logforward=command_line([python, "-m", "app.logforward"]))
+
+
+def program_conf(settings: Settings, program: Program) -> str:
+    return _templates(settings).get_template("supervisor/program.conf.j2").render(
+        p=program, marker=MARKER, note=program.note, command=command_line(program.argv),
+        environment=environment_line(program.environment), directory=supervisor_escape(str(settings.home)),
+        logfile=supervisor_escape(str(settings.log_dir / f"{program.name}.log")))
+
+
+def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
+    excluded = settings.auth_excluded_ports
+    return [Site(external_port=a.external_port,
+                 upstream=f"{'127.0.0.1' if a.host == 'localhost' else a.host}:{a.internal_port}",
+                 auth=settings.enable_auth and a.external_port not in excluded)
+            for a in apps if a.proxied]
+
+
+def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, bearers: list[str],
+              password_hash: str) -> str:
+    return _templates(settings).get_template("caddy/Caddyfile.j2").render(
+        admin_socket=settings.caddy_admin_socket, data_dir=settings.caddy_data_dir,
+        https=settings.enable_https, cert=settings.cert_file, key=settings.key_file,
+        sites=sites(settings, apps), token=token, bearers=bearers, cookie=COOKIE,
+        username=settings.web_username, password_hash=password_hash)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def program_path(settings: Settings, name: str) -> Path:
+    return settings.programs_dir / f"{name}.conf"
+
+
+def write_program(settings: Settings, program: Program) -> None:
+    write_atomic(program_path(settings, program.name), program_conf(settings, program))
+
+
+def write_programs(settings: Settings, programs: list[Program]) -> None:
+    """Write these programs and remove earlier rendered ones not among them (files a user added stay)."""
+    wanted = {program_path(settings, p.name) for p in programs}
+    for path in settings.programs_dir.glob("*.conf"):
+        if path not in wanted and MARKER in path.read_text(errors="replace").split("\n", 1)[0]:
+            path.unlink()
+    for program in programs:
+        write_program(settings, program)

@@ -1,0 +1,187 @@
+"""The one settings object: every environment variable, default and path.
+
+Environment variable names follow the Vast.ai vLLM image (VLLM_MODEL,
+VLLM_ARGS, OPEN_BUTTON_TOKEN, PORTAL_CONFIG, ...). No other module reads
+os.environ or builds a path by itself: they all ask `get_settings()`.
+
+Paths derive from APPLIANCE_ROOT: empty means the image's real paths
+(/etc/supervisor, /var/log/portal, /workspace, ...); `make run` and the tests
+point it at a folder so the whole appliance lives under one root.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORTAL_CONFIG = "localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
+HOME = Path(__file__).resolve().parent.parent  # the checkout, or /opt/appliance in the image
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    appliance_root: str = Field("", alias="APPLIANCE_ROOT",
+        description="Prefix for every path; empty means the image's real paths (/etc, /var/log/portal, /workspace).")
+    workspace_dir: str = Field("", alias="WORKSPACE",
+        description="Persistent volume: model cache, saved state, token, certificate. Default `<root>/workspace`.")
+    hf_home_dir: str = Field("", alias="HF_HOME",
+        description="Hugging Face cache. Default `<workspace>/huggingface`, so downloads survive restarts.")
+
+    # --- the engine ----------------------------------------------------------
+    vllm_model: str = Field("", alias="VLLM_MODEL",
+        description="Model served by the program `vllm` at boot (HF id or local path). Empty: no engine until one is chosen.")
+    vllm_args: str = Field("", alias="VLLM_ARGS",
+        description="Extra `vllm serve` arguments, a shell-quoted string (parsed, never run through a shell).")
+    vllm_bin: str = Field("vllm", alias="VLLM_BIN",
+        description="The engine command: `vllm` found on PATH, or a path.")
+    use_all_gpus: bool = Field(True, alias="USE_ALL_GPUS",
+        description="Add `--tensor-parallel-size <GPU count>` unless VLLM_ARGS gives a parallel size.")
+    auto_parallel: bool | None = Field(None, alias="AUTO_PARALLEL",
+        description="Same as USE_ALL_GPUS; when set, it takes precedence.")
+    hf_token: str = Field("", alias="HF_TOKEN",
+        description="Hugging Face token for gated models; passed to the engines.")
+    hf_endpoint: str = Field("https://huggingface.co", alias="HF_ENDPOINT",
+        description="The Hugging Face Hub's address (a mirror, or a local stand-in in tests).")
+    hf_hub_offline: bool = Field(False, alias="HF_HUB_OFFLINE",
+        description="Never contact the Hub; models must be local or already in the cache.")
+    ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
+        description="`ray start` arguments for multi-node serving (used by the optional ray program).")
+
+    # --- access --------------------------------------------------------------
+    open_button_token: str = Field("", alias="OPEN_BUTTON_TOKEN",
+        description="The access token. Unset: generated on first boot, kept in the workspace, printed once.")
+    web_username: str = Field("vastai", alias="WEB_USERNAME",
+        description="Basic-auth user name (default `vastai`, as on Vast.ai).")
+    web_password: str = Field("", alias="WEB_PASSWORD",
+        description="Basic-auth password; defaults to the token. Also accepted as a bearer token.")
+    enable_auth: bool = Field(True, alias="ENABLE_AUTH",
+        description="Auth on every public port (bearer, basic, cookie).")
+    auth_exclude: str = Field("", alias="AUTH_EXCLUDE",
+        description="Comma list of external ports left without auth, e.g. `6006,8384`.")
+    enable_https: bool = Field(True, alias="ENABLE_HTTPS",
+        description="TLS on the public ports (self-signed certificate kept in the workspace unless TLS_CERT/TLS_KEY).")
+    tls_cert: str = Field("", alias="TLS_CERT", description="PEM certificate to use instead of the self-signed one.")
+    tls_key: str = Field("", alias="TLS_KEY", description="PEM private key for TLS_CERT.")
+    portal_config: str = Field(DEFAULT_PORTAL_CONFIG, alias="PORTAL_CONFIG",
+        description="`host:external:internal:path:Name|...`, as on Vast.ai.")
+
+    # --- first boot ----------------------------------------------------------
+    provisioning_script: str = Field("", alias="PROVISIONING_SCRIPT",
+        description="URL or path of a shell script run once on first boot.")
+
+    @field_validator("auto_parallel", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if value == "" else value
+
+    # --- derived values ------------------------------------------------------
+    @property
+    def parallel_on_all_gpus(self) -> bool:
+        return self.use_all_gpus if self.auto_parallel is None else self.auto_parallel
+
+    @property
+    def auth_excluded_ports(self) -> set[int]:
+        ports = set()
+        for part in self.auth_exclude.split(","):
+            part = part.strip()
+            if part:
+                if not part.isdigit():
+                    raise ValueError(f"AUTH_EXCLUDE: {part!r} is not a port number")
+                ports.add(int(part))
+        return ports
+
+    # --- paths ---------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.appliance_root).resolve() if self.appliance_root else Path("/")
+
+    @property
+    def home(self) -> Path:
+        """Where the appliance's code and templates are (checkout or /opt/appliance)."""
+        return HOME
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.workspace_dir) if self.workspace_dir else self.root / "workspace"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workspace / ".appliance"
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "token"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def cert_file(self) -> Path:
+        return Path(self.tls_cert) if self.tls_cert else self.tls_dir / "cert.pem"
+
+    @property
+    def key_file(self) -> Path:
+        return Path(self.tls_key) if self.tls_key else self.tls_dir / "key.pem"
+
+    @property
+    def boot_record(self) -> Path:
+        return self.state_dir / "boot.json"
+
+    @property
+    def hf_home(self) -> Path:
+        return Path(self.hf_home_dir) if self.hf_home_dir else self.workspace / "huggingface"
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.root / "etc" / "supervisor"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.supervisor_dir / "supervisord.conf"
+
+    @property
+    def programs_dir(self) -> Path:
+        return self.supervisor_dir / "conf.d"
+
+    @property
+    def caddyfile(self) -> Path:
+        return self.root / "etc" / "caddy" / "Caddyfile"
+
+    @property
+    def caddy_data_dir(self) -> Path:
+        return self.root / "var" / "lib" / "caddy"
+
+    @property
+    def portal_yaml(self) -> Path:
+        return self.root / "etc" / "portal.yaml"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "var" / "log" / "portal"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run" / "appliance"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def caddy_admin_socket(self) -> Path:
+        return self.run_dir / "caddy-admin.sock"
+
+    def folders(self) -> list[Path]:
+        """Every folder the appliance writes to, created at each boot."""
+        return [self.workspace, self.state_dir, self.tls_dir, self.hf_home, self.programs_dir,
+                self.caddyfile.parent, self.caddy_data_dir, self.log_dir, self.run_dir]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
