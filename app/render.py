@@ -9,12 +9,14 @@ supervisor splits with shlex, never a shell), quoting for `environment=`, and
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from app import validation
 from app.portal_config import PortalApp
 from app.settings import Settings
 
@@ -54,17 +56,30 @@ def supervisor_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
+# Where supervisor's config parser would read something into a value: `%(here)s` is substituted before
+# `%%` is unescaped, and whitespace followed by `;` or `#` starts an inline comment.
+_PARSER_HAZARD = re.compile(r"(?<=%)|(?<=\s)(?=[;#])")
+
+
+def _quote(arg: str) -> str:
+    """Shell-quote one argument so that supervisor's shlex split gives it back unchanged."""
+    if not _PARSER_HAZARD.search(arg):
+        return shlex.quote(arg)
+    # Quote the pieces separately: adjacent quoted pieces are one argument to shlex, and the quote
+    # between them keeps `%` away from `(` and whitespace away from `;`/`#`.
+    return "".join("'" + piece.replace("'", "'\"'\"'") + "'" for piece in _PARSER_HAZARD.split(arg) if piece)
+
+
 def command_line(argv: list[str]) -> str:
-    return supervisor_escape(" ".join(shlex.quote(arg) for arg in argv))
+    return supervisor_escape(" ".join(_quote(arg) for arg in argv))
 
 
 def environment_line(environment: dict[str, str]) -> str:
     """KEY="value",... as supervisor parses it (quotes kept literal, so pick one the value lacks)."""
+    validation.env_vars(environment)
     parts = []
     for name, value in environment.items():
         quote = '"' if '"' not in value else "'"
-        if quote in value:
-            raise ValueError(f"environment variable {name} may contain single or double quotes, not both")
         parts.append(f"{name}={quote}{supervisor_escape(value)}{quote}")
     return ",".join(parts)
 

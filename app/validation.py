@@ -59,8 +59,13 @@ def env_vars(values: dict[str, str]) -> dict[str, str]:
         if not ENV_NAME.fullmatch(name):
             raise ValueError(f"environment variable name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
         plain_text(value, f"environment variable {name}")
+        # supervisor's environment= keeps quotes literal and strips every quote at both ends of a value.
         if '"' in value and "'" in value:
             raise ValueError(f"environment variable {name} may contain single or double quotes, not both")
+        if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+            raise ValueError(f"environment variable {name} must not start or end with a quote")
+        if "%(" in value or re.search(r"\s[;#]", value):
+            raise ValueError(f"environment variable {name} must not contain '%(' or a space followed by ';' or '#'")
     return values
 
 

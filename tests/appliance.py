@@ -122,6 +122,8 @@ class Appliance:
 
     @property
     def cert(self) -> Path:
+        if self.env.get("TLS_CERT"):
+            return Path(self.env["TLS_CERT"])
         return self.root / "workspace/.appliance/tls/cert.pem"
 
     def url(self, port: int, path: str = "/") -> str:

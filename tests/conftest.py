@@ -41,11 +41,12 @@ def boot(tmp_path_factory):
     """Boot appliances with the given env; every one is stopped, and checked for leftovers, at teardown."""
     started: list[Appliance] = []
 
-    def _boot(env: dict[str, str] | None = None, *, start: bool = True, **kwargs) -> Appliance:
+    def _boot(env: dict[str, str] | None = None, *, start: bool = True, wait_engine: bool | None = None,
+              **kwargs) -> Appliance:
         root = tmp_path_factory.mktemp(f"appliance{next(_counter)}")
         appliance = Appliance(root, env, **kwargs)
         started.append(appliance)
-        return appliance.start() if start else appliance
+        return appliance.start(wait_engine=wait_engine) if start else appliance
 
     yield _boot
     errors = []
