@@ -11,5 +11,5 @@ export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-conf="$("$venv/bin/python" -m app.boot)"
+conf="$("$venv/bin/python" -P -m app.boot)"  # -P: import the app beside this script, not from the cwd
 exec "$venv/bin/supervisord" -n -c "$conf"

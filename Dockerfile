@@ -1,0 +1,26 @@
+# The appliance image: vLLM's own image (the engine and its Python), plus supervisor, Caddy
+# and the manager in a virtual environment of their own, installed by the same step the
+# tests run into a temporary root (scripts/install.sh).
+FROM vllm/vllm-openai:v0.11.0
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# python3-venv for the appliance's own environment; openssh-server for PUBLIC_KEY logins.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv openssh-server \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY . /tmp/appliance-src
+RUN /tmp/appliance-src/scripts/install.sh --root / \
+ && rm -rf /tmp/appliance-src
+
+ENV WORKSPACE=/workspace \
+    PORTAL_CONFIG="localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
+
+WORKDIR /workspace
+EXPOSE 1111 8000
+
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+  CMD ["/opt/appliance/.venv/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "status", "caddy", "manager"]
+
+ENTRYPOINT ["/opt/appliance/entrypoint.sh"]
