@@ -8,6 +8,7 @@ comes up; a bad setting that would weaken auth or TLS stops the boot.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def control_programs(settings: Settings, apps: list[portal_config.PortalApp]) ->
     ]
 
 
+def ray_program(settings: Settings) -> render.Program | None:
+    """`ray start --block $RAY_ARGS`, for multi-node serving; present only where ray is installed, started by hand."""
+    ray = shutil.which("ray")
+    if not ray:
+        return None
+    args = validation.split_args(settings.ray_args, "RAY_ARGS")
+    return render.Program(name="ray", argv=[ray, "start", "--block", *args], autostart=False, priority=800)
+
+
 def boot(settings: Settings) -> Path:
     for folder in settings.folders():
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,9 +105,7 @@ def boot(settings: Settings) -> Path:
 
     apps = portal_config.sync(settings.portal_yaml, settings.portal_config)
     programs = control_programs(settings, apps)
-    vllm = default_engine(settings, apps)
-    if vllm:
-        programs.append(vllm)
+    programs += [p for p in (ray_program(settings), default_engine(settings, apps)) if p]
 
     render.write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     hf_hub_offline: bool = Field(False, alias="HF_HUB_OFFLINE",
         description="Never contact the Hub; models must be local or already in the cache.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
-        description="`ray start` arguments for multi-node serving (used by the optional ray program).")
+        description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is installed; start it with `supervisorctl start ray`.")
 
     # --- access --------------------------------------------------------------
     open_button_token: str = Field("", alias="OPEN_BUTTON_TOKEN",
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     web_username: str = Field("vastai", alias="WEB_USERNAME",
         description="Basic-auth user name (default `vastai`, as on Vast.ai).")
     web_password: str = Field("", alias="WEB_PASSWORD",
-        description="Basic-auth password; defaults to the token. Also accepted as a bearer token.")
+        description="Basic-auth password; defaults to the token. Accepted as a bearer token too when it is token-shaped (16+ of A-Z a-z 0-9 _ -).")
     enable_auth: bool = Field(True, alias="ENABLE_AUTH",
         description="Auth on every public port (bearer, basic, cookie).")
     auth_exclude: str = Field("", alias="AUTH_EXCLUDE",
