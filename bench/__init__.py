@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each measures our path and a baseline in the same run."""
