@@ -65,9 +65,13 @@ class Appliance:
         self.process = subprocess.Popen([str(self.entrypoint)], env=self.env, stdin=subprocess.DEVNULL,
                                         stdout=self.boot_log.open("ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        self.wait_portal(timeout)
-        if wait_engine if wait_engine is not None else bool(self.env.get("VLLM_MODEL")):
-            self.wait_engine(timeout)
+        try:
+            self.wait_portal(timeout)
+            if wait_engine if wait_engine is not None else bool(self.env.get("VLLM_MODEL")):
+                self.wait_engine(timeout)
+        except BaseException:
+            self.stop(check=False)
+            raise
         return self
 
     def wait_portal(self, timeout: float = 60) -> None:
@@ -89,7 +93,7 @@ class Appliance:
             time.sleep(0.2)
         raise TimeoutError(f"{what} not ready after {timeout}s:\n{self.output()[-4000:]}")
 
-    def stop(self, timeout: float = 60) -> None:
+    def stop(self, timeout: float = 60, *, check: bool = True) -> None:
         """SIGTERM the entrypoint (supervisord), as `docker stop` does, and check nothing is left."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -101,7 +105,7 @@ class Appliance:
         leftovers = self.leftover_processes()
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
-        assert not leftovers, f"processes left behind after stop: {leftovers}"
+        assert not check or not leftovers, f"processes left behind after stop: {leftovers}"
 
     def leftover_processes(self, grace: float = 5) -> list[int]:
         deadline = time.monotonic() + grace
