@@ -111,7 +111,7 @@ def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, bearers:
         admin_socket=settings.caddy_admin_socket, data_dir=settings.caddy_data_dir,
         https=settings.enable_https, cert=settings.cert_file, key=settings.key_file,
         sites=sites(settings, apps), token=token, bearers=bearers, cookie=COOKIE,
-        username=settings.web_username, password_hash=password_hash)
+        username=settings.web_username, password_hash=password_hash).rstrip() + "\n"
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
