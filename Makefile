@@ -36,8 +36,9 @@ test: install lint
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not engine"
 
-bench: install
-	$(VENV)/bin/python -m bench
+bench: install engine
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	ENGINE_VENV="$(ENGINE_VENV)" $(VENV)/bin/python -m bench
 
 clean:
 	rm -rf $(VENV) .appliance
