@@ -21,9 +21,10 @@ engine:
 	@if command -v vllm >/dev/null 2>&1; then echo "using $$(command -v vllm)"; \
 	else scripts/install-engine.sh $(ENGINE_VENV); fi
 
+# VLLM_CPU_KVCACHE_SPACE (GiB) only matters to vLLM's CPU build, whose default asks for most of the RAM.
 run: install engine
 	APPLIANCE_ROOT="$(APPLIANCE_ROOT)" PATH="$(ENGINE_VENV)/bin:$$PATH" \
-	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" ./entrypoint.sh
+	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" VLLM_CPU_KVCACHE_SPACE="$${VLLM_CPU_KVCACHE_SPACE-2}" ./entrypoint.sh
 
 lint: install
 	$(VENV)/bin/hadolint Dockerfile

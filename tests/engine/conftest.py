@@ -1,0 +1,43 @@
+"""The real vLLM engine (CPU build) in its own virtual environment, and tiny models built locally."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.appliance import REPO
+
+ENGINE_VENV = Path(os.environ.get("ENGINE_VENV", REPO / ".venv-engine"))
+# Flags that make the tiny model start fast on a CPU.
+ENGINE_ARGS = "--max-model-len 256 --kv-cache-memory-bytes 134217728 --dtype float32 --enforce-eager"
+READY_TIMEOUT = 420  # seconds: the real engine on 2 cores needs about a minute, more under load
+
+
+@pytest.fixture(scope="session")
+def engine_bin() -> Path:
+    """The engine venv's bin folder, to put first on the appliance's PATH."""
+    vllm = ENGINE_VENV / "bin" / "vllm"
+    if not vllm.exists():
+        message = f"the real engine is not installed ({vllm}); run scripts/install-engine.sh {ENGINE_VENV}"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI the real-engine tests must run, not skip
+        pytest.skip(message)
+    return vllm.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(engine_bin, tmp_path_factory):
+    """Build (once per session and name) a tiny random Llama that vLLM serves; returns its folder."""
+    built: dict[str, Path] = {}
+
+    def _build(name: str = "tiny-a", seed: int = 0) -> Path:
+        if name not in built:
+            dest = tmp_path_factory.mktemp("models") / name
+            subprocess.run([str(engine_bin / "python"), str(REPO / "tests/engine/tiny_model.py"), str(dest),
+                            "--name", name, "--seed", str(seed)], check=True, capture_output=True, timeout=600)
+            built[name] = dest
+        return built[name]
+
+    return _build
