@@ -14,19 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from app import credentials, engine, gpu, portal_config, render, tls, validation
+from app import credentials, engine, gpu, portal_config, render, state, tls, validation
 from app.settings import Settings, get_settings
 
 
 def log(message: str) -> None:
     print(f"[boot] {message}", file=sys.stderr, flush=True)
-
-
-def engine_environment(settings: Settings) -> dict[str, str]:
-    env = {"HF_HOME": str(settings.hf_home), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    if settings.hf_token:
-        env["HF_TOKEN"] = settings.hf_token
-    return env
 
 
 def hub_unreachable(settings: Settings, model: str) -> str | None:
@@ -44,29 +37,48 @@ def hub_unreachable(settings: Settings, model: str) -> str | None:
     return None
 
 
-def default_engine(settings: Settings, apps: list[portal_config.PortalApp]) -> render.Program | None:
-    """The program `vllm` from VLLM_MODEL / VLLM_ARGS, or None (with the reason in the boot log)."""
+def env_instance(settings: Settings, apps: list[portal_config.PortalApp]) -> state.InstanceConfig | None:
+    """The instance `vllm` from VLLM_MODEL / VLLM_ARGS, or None (with the reason in the boot log)."""
     if not settings.vllm_model:
         log("VLLM_MODEL is empty: no engine at boot; choose a model in the portal or through the API")
         return None
-    try:
-        model = validation.model_name(settings.vllm_model)
-        args = validation.engine_args(validation.split_args(settings.vllm_args))
-    except ValueError as exc:
-        log(f"ERROR: the engine is not started: {exc}. Fix VLLM_MODEL / VLLM_ARGS and restart; the portal stays up.")
-        return None
     api = portal_config.find(apps, "vLLM")
-    gpus = gpu.gpu_count() if settings.parallel_on_all_gpus else 0
-    argv = engine.serve_argv(settings.vllm_bin, model, args, port=api.internal_port if api else 18000,
-                             tensor_parallel=gpus)
-    autostart = True
-    reason = hub_unreachable(settings, model)
-    if reason:
-        autostart = False
-        log(f"WARNING: {reason}, and {model} is not in the model cache, so the engine is not started. "
-            "The portal stays up: choose a local model there, or fix the network and run `supervisorctl start vllm`.")
-    return render.Program(name="vllm", argv=argv, environment=engine_environment(settings),
-                          autostart=autostart, startsecs=5, stopwaitsecs=30, priority=900)
+    try:
+        return state.InstanceConfig(id=state.DEFAULT_INSTANCE, model=settings.vllm_model,
+                                    args=validation.split_args(settings.vllm_args),
+                                    port=api.internal_port if api else 18000)
+    except ValueError as exc:
+        reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        log(f"ERROR: the engine is not started: {reason}. Fix VLLM_MODEL / VLLM_ARGS and restart; "
+            "the portal stays up.")
+        return None
+
+
+def engine_programs(settings: Settings, apps: list[portal_config.PortalApp]) -> list[render.Program]:
+    """One program per saved instance. VLLM_MODEL / VLLM_ARGS win for `vllm` when they changed since the last boot;
+    otherwise what was chosen through the API is kept."""
+    saved = state.load(settings)
+    env_now = {"VLLM_MODEL": settings.vllm_model, "VLLM_ARGS": settings.vllm_args}
+    if saved.boot_env != env_now:
+        saved.instances.pop(state.DEFAULT_INSTANCE, None)
+        config = env_instance(settings, apps)
+        if config:
+            saved.instances[state.DEFAULT_INSTANCE] = config
+        saved.boot_env = env_now
+        state.save(settings, saved)
+    elif state.DEFAULT_INSTANCE in saved.instances:
+        log(f"serving the model chosen through the API for `vllm`: {saved.instances['vllm'].model}")
+    gpus = gpu.gpu_count() if saved.instances and settings.parallel_on_all_gpus else 0
+    programs = []
+    for config in saved.instances.values():
+        reason = hub_unreachable(settings, config.model)
+        if reason:
+            log(f"WARNING: {reason}, and {config.model} is not in the model cache, so the engine `{config.id}` is not "
+                f"started. The portal stays up: choose a local model there, or fix the network and run "
+                f"`supervisorctl start {config.id}`.")
+        programs.append(engine.program(settings, config, gpu_count=gpus, autostart=not reason))
+    render.write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, saved.instances.values()))
+    return programs
 
 
 def control_programs(settings: Settings, apps: list[portal_config.PortalApp]) -> list[render.Program]:
@@ -105,7 +117,7 @@ def boot(settings: Settings) -> Path:
 
     apps = portal_config.sync(settings.portal_yaml, settings.portal_config)
     programs = control_programs(settings, apps)
-    programs += [p for p in (ray_program(settings), default_engine(settings, apps)) if p]
+    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, apps)
 
     render.write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)

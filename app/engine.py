@@ -29,3 +29,26 @@ def serve_argv(vllm_bin: str, model: str, args: list[str], *, port: int,
     if tensor_parallel > 1 and not has_option(args, *PARALLEL_OPTIONS):
         argv += ["--tensor-parallel-size", str(tensor_parallel)]
     return argv
+
+
+def environment(settings, config) -> dict[str, str]:
+    """The engine's environment: model cache in the workspace, HF token, GPU order and selection, the user's env."""
+    env = {"HF_HOME": str(settings.hf_home), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    if settings.hf_token:
+        env["HF_TOKEN"] = settings.hf_token
+    if config.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
+    return {**env, **config.env}
+
+
+def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
+    """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured."""
+    from app.render import Program
+    args = list(config.args)
+    if config.served_model_name and not has_option(args, "--served-model-name"):
+        args += ["--served-model-name", config.served_model_name]
+    tensor_parallel = len(config.gpus) if config.gpus else (gpu_count if settings.parallel_on_all_gpus else 0)
+    return Program(name=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
+                                                   tensor_parallel=tensor_parallel),
+                   environment=environment(settings, config), autostart=autostart, startsecs=5,
+                   stopwaitsecs=30, priority=900, note="rendered from the saved state; change it through the API")

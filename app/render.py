@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from app import validation
-from app.portal_config import PortalApp
+from app.portal_config import PortalApp, find
 from app.settings import Settings
 
 MARKER = "Rendered by the appliance"
@@ -45,6 +45,7 @@ class Site:
     external_port: int
     upstream: str
     auth: bool
+    routes: Path | None = None  # per-instance routes imported into this site (the vLLM API port)
 
 
 def _templates(settings: Settings) -> jinja2.Environment:
@@ -99,10 +100,16 @@ def program_conf(settings: Settings, program: Program) -> str:
 
 def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
     excluded = settings.auth_excluded_ports
+    api = find(apps, "vLLM")
     return [Site(external_port=a.external_port,
                  upstream=f"{'127.0.0.1' if a.host == 'localhost' else a.host}:{a.internal_port}",
-                 auth=settings.enable_auth and a.external_port not in excluded)
+                 auth=settings.enable_auth and a.external_port not in excluded,
+                 routes=settings.caddy_routes_file if a is api else None)
             for a in apps if a.proxied]
+
+
+def caddy_routes(settings: Settings, instances) -> str:
+    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances)
 
 
 def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, bearers: list[str],

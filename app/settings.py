@@ -153,6 +153,10 @@ class Settings(BaseSettings):
         return self.root / "etc" / "caddy" / "Caddyfile"
 
     @property
+    def caddy_routes_file(self) -> Path:
+        return self.caddyfile.parent / "instances.caddy"
+
+    @property
     def caddy_data_dir(self) -> Path:
         return self.root / "var" / "lib" / "caddy"
 

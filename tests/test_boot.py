@@ -132,7 +132,7 @@ def _shell_quote(text: str) -> str:
 def test_unreachable_hub_is_said_plainly_and_the_portal_stays_up(boot):
     app = boot({"VLLM_MODEL": "acme/not-cached", "HF_ENDPOINT": "http://127.0.0.1:9"}, wait_engine=False)
     assert "the Hugging Face Hub (http://127.0.0.1:9) cannot be reached" in app.output()
-    assert "acme/not-cached is not in the model cache, so the engine is not started" in app.output()
+    assert "acme/not-cached is not in the model cache, so the engine `vllm` is not started" in app.output()
     assert running(app)["vllm"] == "STOPPED"
     with app.client() as client:
         assert client.get(app.portal_url("/api/health")).status_code == 200
