@@ -1,10 +1,32 @@
 """The manager: a FastAPI app on 127.0.0.1, reached through Caddy on the portal port."""
 from __future__ import annotations
 
+import asyncio
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+from app import gpu
+from app.api import instances, v2
+from app.instances import Manager
+from app.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.settings = get_settings()
+    app.state.manager = Manager(app.state.settings)
+    app.state.sampler = gpu.Sampler().start()
+    monitor = asyncio.create_task(app.state.manager.monitor())
+    yield
+    monitor.cancel()
+
+
+app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
+              lifespan=lifespan)
+app.include_router(instances.router)
+app.include_router(v2.router)
 
 
 @app.get("/api/health")
