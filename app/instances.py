@@ -188,7 +188,7 @@ class Manager:
         if request.wait:
             return await asyncio.shield(job)
         self.runtime[instance_id].set("starting")
-        return {**self.view(config), "accepted": True}
+        return {**self.view(config), "accepted": seq}
 
     async def _swap(self, config: state.InstanceConfig, request: SwapRequest, seq: int) -> dict:
         rt = self.runtime[config.id]

@@ -1,0 +1,154 @@
+"""Swapping models through /api/instances on the real appliance (supervisord, Caddy, stand-in engine)."""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import signal
+import time
+
+import pytest
+
+from tests.appliance import processes_with_env
+
+
+@pytest.fixture(scope="module")
+def api(appliance):
+    with appliance.client(timeout=120) as client:
+        yield appliance, client
+
+
+def served(appliance, client, prefix="") -> list[str]:
+    return [m["id"] for m in client.get(appliance.api_url(f"{prefix}/v1/models")).json()["data"]]
+
+
+def put(appliance, client, instance, **body):
+    return client.put(appliance.portal_url(f"/api/instances/{instance}"), json=body)
+
+
+def fingerprint(appliance) -> dict[str, str]:
+    files = [appliance.root / "workspace/.appliance/instances.json", *sorted((appliance.root / "etc/supervisor/conf.d").glob("*.conf"))]
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_swap_serves_the_new_model_on_the_same_port(api):
+    appliance, client = api
+    response = put(appliance, client, "vllm", model="acme/second-model", wait=True)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == "ready"
+    assert served(appliance, client) == ["acme/second-model"]
+    listed = client.get(appliance.portal_url("/api/instances")).json()
+    assert [(i["id"], i["state"], i["port"]) for i in listed] == [("vllm", "ready", appliance.api_internal)]
+
+
+def test_failed_swap_rolls_back_and_says_why(api):
+    appliance, client = api
+    before = served(appliance, client)
+    response = put(appliance, client, "vllm", model="acme/fail-load", wait=True)
+    body = response.json()
+    assert body["result"] == "rolled back"
+    assert "the engine exited" in body["error"]
+    assert any("RuntimeError: failed to load acme/fail-load" in line for line in body["failed_log"])
+    assert served(appliance, client) == before
+    saved = client.get(appliance.portal_url("/api/instances/vllm")).json()
+    assert saved["model"] == before[0]
+
+
+def test_a_swap_that_times_out_rolls_back(api):
+    appliance, client = api
+    before = served(appliance, client)
+    body = put(appliance, client, "vllm", model="acme/slow-start", wait=True, timeout=1).json()
+    assert body["result"] == "rolled back" and body["error"] == "not ready after 1 s"
+    assert served(appliance, client) == before
+
+
+def test_without_rollback_a_failure_leaves_the_instance_failed(api):
+    appliance, client = api
+    body = put(appliance, client, "vllm", model="acme/fail-load", wait=True, rollback=False).json()
+    assert body["result"] == "failed" and body["state"] == "failed"
+    assert client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "failed"
+    assert put(appliance, client, "vllm", model="acme/tiny-chat", wait=True).json()["result"] == "ready"
+
+
+@pytest.mark.parametrize("instance,body,message", [
+    ("vllm", {"model": "acme/x\n[program:evil]"}, "newline or control character"),
+    ("vllm", {"model": "acme/x", "args": ["--seed", "1\n2"]}, "newline or control character"),
+    ("vllm", {"model": "acme/x", "env": {"BAD NAME": "1"}}, "environment variable name"),
+    ("vllm", {"model": "acme/x", "env": {"X": "a'b\"c"}}, "single or double quotes"),
+    ("vllm", {"model": "-x"}, "must not start with '-'"),
+    ("vllm", {"model": "acme/x", "timeout": 0}, "greater than 0"),
+    ("vllm", {"args": []}, "model"),
+    ("Not_An_Id", {"model": "acme/x"}, "instance id"),
+])
+def test_bad_input_gets_a_4xx_with_a_message_and_touches_nothing(api, instance, body, message):
+    appliance, client = api
+    before_files, before_served = fingerprint(appliance), served(appliance, client)
+    response = put(appliance, client, instance, **body)
+    assert 400 <= response.status_code < 500
+    assert message in response.text
+    assert fingerprint(appliance) == before_files
+    assert served(appliance, client) == before_served
+
+
+def test_unknown_instances_are_404(api):
+    appliance, client = api
+    for method, path in [("GET", "/api/instances/nope"), ("DELETE", "/api/instances/nope"),
+                         ("POST", "/api/instances/nope/start"), ("GET", "/api/instances/nope/logs")]:
+        response = client.request(method, appliance.portal_url(path))
+        assert response.status_code == 404 and "nope" in response.text
+
+
+def test_a_second_instance_gets_its_own_port_and_route_and_goes_away_on_delete(api):
+    appliance, client = api
+    body = put(appliance, client, "second", model="acme/other", served_model_name="other", wait=True).json()
+    assert body["result"] == "ready" and body["port"] != appliance.api_internal
+    assert wait_for(lambda: client.get(appliance.api_url("/instances/second/v1/models")).status_code == 200)
+    assert served(appliance, client, "/instances/second") == ["other"]
+    assert served(appliance, client) != ["other"]  # /v1 still goes to `vllm`
+    with appliance.client(auth=False) as anonymous:  # the per-instance route sits behind auth too
+        assert anonymous.get(appliance.api_url("/instances/second/v1/models")).status_code == 401
+    assert client.delete(appliance.portal_url("/api/instances/second")).status_code == 200
+    assert [i["id"] for i in client.get(appliance.portal_url("/api/instances")).json()] == ["vllm"]
+    assert not (appliance.root / "etc/supervisor/conf.d/second.conf").exists()
+    assert client.get(appliance.api_url("/instances/second/v1/models")).status_code == 404
+
+
+def test_stop_and_start(api):
+    appliance, client = api
+    assert client.post(appliance.portal_url("/api/instances/vllm/stop")).json()["state"] == "stopped"
+    assert client.get(appliance.api_url("/v1/models")).status_code == 502
+    client.post(appliance.portal_url("/api/instances/vllm/start"))
+    wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
+    assert client.get(appliance.api_url("/v1/models")).status_code == 200
+
+
+def test_concurrent_swaps_are_serialised_and_the_last_accepted_wins(api):
+    appliance, client = api
+    models = [f"acme/concurrent-{n}" for n in range(10)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda m: put(appliance, client, "vllm", model=m).json(), models))
+    last = max(answers, key=lambda a: a["accepted"])["model"]
+    wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready", 60)
+    assert client.get(appliance.portal_url("/api/instances/vllm")).json()["model"] == last
+    assert served(appliance, client) == [last]
+    engines = [p for p in processes_with_env(f"APPLIANCE_ROOT={appliance.root}".encode())
+               if b"serve" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(engines) == 1, engines
+
+
+def test_an_engine_killed_with_sigkill_is_restarted_and_counted(api):
+    appliance, client = api
+    before = client.get(appliance.portal_url("/api/instances/vllm")).json()
+    os.kill(before["pid"], signal.SIGKILL)
+    after = wait_for(lambda: (i := client.get(appliance.portal_url("/api/instances/vllm")).json())["restarts"]
+                     > before["restarts"] and i["state"] == "ready" and i, 30)
+    assert after["pid"] != before["pid"]
