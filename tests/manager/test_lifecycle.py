@@ -1,0 +1,48 @@
+"""What survives: the manager killed mid-swap, and the whole appliance restarted on the same root."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.appliance import processes_with_env
+from tests.manager.test_swap import put, served, wait_for
+
+
+def engines(appliance) -> list[int]:
+    return [p for p in processes_with_env(f"APPLIANCE_ROOT={appliance.root}".encode())
+            if b"serve" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def test_manager_killed_while_an_engine_starts_leaves_a_consistent_state(boot):
+    app = boot({"VLLM_MODEL": "acme/first"})
+    with app.client(timeout=30) as client:
+        assert put(app, client, "vllm", model="acme/slow-start-next").status_code == 202
+        time.sleep(0.5)
+        os.kill(int(app.supervisorctl("pid", "manager").stdout), signal.SIGKILL)
+        app.wait_portal()  # supervisor brings the manager back
+        final = wait_for(lambda: (i := client.get(app.portal_url("/api/instances/vllm")).json())["state"] == "ready"
+                         and i, 30)
+        assert final["model"] == "acme/slow-start-next"
+        assert served(app, client) == ["acme/slow-start-next"]
+    assert len(engines(app)) == 1  # no orphan engine
+
+
+def test_the_api_choice_survives_a_restart_until_the_environment_changes(boot):
+    app = boot({"VLLM_MODEL": "acme/from-env"})
+    with app.client(timeout=60) as client:
+        assert put(app, client, "vllm", model="acme/from-api", args=["--seed", "3"], wait=True).json()["result"] == "ready"
+        assert put(app, client, "extra", model="acme/extra", wait=True).json()["result"] == "ready"
+    app.stop()
+    app.start()
+    with app.client() as client:
+        assert served(app, client) == ["acme/from-api"]
+        assert sorted(i["id"] for i in client.get(app.portal_url("/api/instances")).json()) == ["extra", "vllm"]
+        wait_for(lambda: client.get(app.api_url("/instances/extra/v1/models")).status_code == 200)
+    assert "serving the model chosen through the API for `vllm`: acme/from-api" in app.output()
+    app.stop()
+    app.env["VLLM_MODEL"] = "acme/new-env"  # the user changed the template: the environment wins for `vllm`
+    app.start()
+    with app.client() as client:
+        assert served(app, client) == ["acme/new-env"]
+        assert sorted(i["id"] for i in client.get(app.portal_url("/api/instances")).json()) == ["extra", "vllm"]

@@ -1,0 +1,88 @@
+"""GPU code paths with a fake NVML: readings, owners, memory release, ownership conflicts, parallel size."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from app import gpu, stats
+from app.instances import InstanceError, Manager
+from app.settings import Settings
+from app.state import InstanceConfig
+from tests.fakes.nvml import FakeNVML
+
+
+def test_without_nvml_there_are_no_gpus_and_a_reason(tmp_path):
+    sampler = gpu.Sampler()
+    snapshot = stats.snapshot(tmp_path, sampler, {})
+    assert snapshot["gpus"] == [] and snapshot["gpu_reason"]
+    assert snapshot["host"]["cpu_count"] == os.cpu_count() and snapshot["host"]["memory"]["total"] > 0
+
+
+def test_readings_and_the_instance_owning_each_process(monkeypatch, tmp_path):
+    fake = FakeNVML(2).install(monkeypatch)
+    engine = subprocess.Popen(["sleep", "30"])
+    worker = subprocess.Popen(["python3", "-c", "import subprocess; subprocess.run(['sleep', '30'])"])
+    try:
+        time.sleep(0.3)
+        child = int(subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()[0])
+        fake.devices[1]["processes"] = [engine.pid, child]
+        sampler = gpu.Sampler()
+        sampler.sample()
+        snapshot = stats.snapshot(tmp_path, sampler, {engine.pid: "vllm", worker.pid: "second"})
+    finally:
+        engine.kill()
+        worker.kill()
+    first, second = snapshot["gpus"]
+    assert first["name"].startswith("NVIDIA H100") and first["memory_total"] == 80 * 2**30
+    assert second["utilization"] == 10 and second["temperature"] == 41 and second["power_draw"] == 100.001
+    assert [p["instance"] for p in second["processes"]] == ["vllm", "second"]  # a worker child counts for its engine
+    assert second["instances"] == ["second", "vllm"]
+    assert snapshot["gpu_reason"] is None
+
+
+def test_wait_released_waits_until_the_engine_leaves_the_gpu(monkeypatch):
+    fake = FakeNVML(1).install(monkeypatch)
+    fake.devices[0]["processes"] = [4242]
+    threading.Timer(0.5, lambda: fake.devices[0].update(processes=[])).start()
+    started = time.monotonic()
+    assert gpu.engine_pids([0]) == {4242}
+    assert gpu.wait_released({4242}, timeout=5)
+    assert 0.4 < time.monotonic() - started < 3
+    fake.devices[0]["processes"] = [7]
+    assert not gpu.wait_released({7}, timeout=0.3)
+
+
+def test_two_running_instances_may_not_own_one_gpu_unless_both_share(monkeypatch, tmp_path):
+    FakeNVML(4).install(monkeypatch)
+    manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
+    saved = {"a": InstanceConfig(id="a", model="m", port=18001, gpus=[0, 1]),
+             "b": InstanceConfig(id="b", model="m", port=18002, gpus=[2], share_gpus=True)}
+    manager.runtime["a"].set("ready")
+    manager.runtime["b"].set("ready")
+    with pytest.raises(InstanceError, match="GPU 1 is owned by instance 'a'") as caught:
+        manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[1]), saved)
+    assert caught.value.status == 409
+    with pytest.raises(InstanceError, match="GPU 0 is owned by instance 'a'"):
+        manager.check_ownership(InstanceConfig(id="c", model="m", port=18003), saved)  # automatic = all GPUs
+    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[2], share_gpus=True), saved)
+    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[3]), saved)
+    manager.runtime["a"].set("stopped")  # a stopped instance owns nothing
+    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[0]), saved)
+
+
+def test_gpus_become_cuda_visible_devices_and_the_parallel_size(monkeypatch, tmp_path):
+    from app import engine
+    settings = Settings(APPLIANCE_ROOT=str(tmp_path))
+    program = engine.program(settings, InstanceConfig(id="a", model="m", port=18001, gpus=[2, 3]), gpu_count=4)
+    assert program.environment["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert program.environment["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert program.argv[-2:] == ["--tensor-parallel-size", "2"]
+    automatic = engine.program(settings, InstanceConfig(id="vllm", model="m", port=18000), gpu_count=4)
+    assert automatic.argv[-2:] == ["--tensor-parallel-size", "4"] and "CUDA_VISIBLE_DEVICES" not in automatic.environment
+    off = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path), USE_ALL_GPUS="false"),
+                         InstanceConfig(id="vllm", model="m", port=18000), gpu_count=4)
+    assert "--tensor-parallel-size" not in off.argv
