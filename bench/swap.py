@@ -1,0 +1,99 @@
+"""Swap overhead: PUT-to-ready through the manager minus the time the same engine needs when started directly.
+
+Same run, same machine: the stand-in engine (5 swaps), and the real vLLM CPU build with two tiny models
+(2 swaps) when $ENGINE_VENV holds it.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.report import table, write_section
+from tests.appliance import FAKES, REPO, Appliance, free_port
+
+ENGINE_VENV = Path(os.environ.get("ENGINE_VENV", REPO / ".venv-engine"))
+ENGINE_ARGS = ["--max-model-len", "256", "--kv-cache-memory-bytes", "134217728", "--dtype", "float32",
+               "--enforce-eager"]
+
+
+def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: float) -> float:
+    """Seconds from starting `vllm serve` by hand until /v1/models lists the model."""
+    port = free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen([str(vllm), "serve", model, "--host", "127.0.0.1", "--port", str(port),
+                                "--served-model-name", name, *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while time.perf_counter() - started < timeout:
+            try:
+                if any(m["id"] == name for m in
+                       httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()["data"]):
+                    return time.perf_counter() - started
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{model} not ready after {timeout}s")
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait()
+
+
+def swaps(app: Appliance, models: list[tuple[str, str]], args: list[str], timeout: float) -> list[float]:
+    times = []
+    with app.client(timeout=timeout + 30) as client:
+        for model, name in models:
+            started = time.perf_counter()
+            answer = client.put(app.portal_url("/api/instances/vllm"), json={
+                "model": model, "args": args, "served_model_name": name, "wait": True, "timeout": timeout})
+            times.append(time.perf_counter() - started)
+            assert answer.json()["result"] == "ready", answer.text
+    return times
+
+
+def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: list[str], timeout: float,
+            tmp: Path) -> list:
+    direct = [direct_start(vllm_bin / "vllm", model, args, name, timeout) for model, name in models]
+    app = Appliance(tmp / label.replace(" ", "-"), {"VLLM_MODEL": models[-1][0],
+                                                    "VLLM_ARGS": " ".join(args + ["--served-model-name", models[-1][1]])},
+                    path_prefix=[vllm_bin])
+    app.start(timeout=timeout)
+    try:
+        through = swaps(app, models, args, timeout)
+    finally:
+        app.stop()
+    base, ours = statistics.median(direct), statistics.median(through)
+    return [label, len(models), f"{base:.2f}", f"{ours:.2f}", f"{ours - base:+.2f}", f"{ours / base:.2f}"]
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        local = []
+        for n in range(5):
+            (tmp / f"m{n}").mkdir()
+            local.append((str(tmp / f"m{n}"), f"stand-in-{n}"))
+        rows.append(measure("stand-in engine", FAKES, local, [], 60, tmp))
+        if (ENGINE_VENV / "bin/vllm").exists():
+            tiny = []
+            for name, seed in (("tiny-a", 0), ("tiny-b", 1)):
+                subprocess.run([str(ENGINE_VENV / "bin/python"), str(REPO / "tests/engine/tiny_model.py"),
+                                str(tmp / name), "--name", name, "--seed", str(seed)], check=True, capture_output=True)
+                tiny.append((str(tmp / name), name))
+            rows.append(measure("real vLLM (CPU), tiny model", ENGINE_VENV / "bin", tiny, ENGINE_ARGS, 600, tmp))
+    body = ("Median seconds. Direct: `vllm serve` started by hand until `/v1/models` lists the model. "
+            "Swap: `PUT /api/instances/vllm` with `wait=true` until it answers ready (stop the old engine, "
+            "rewrite its program, start the new one, health checks).\n\n"
+            + table(["engine", "swaps", "direct start s", "swap s", "overhead s", "ratio"], rows)
+            + "\n\nTarget: under 0.5 s of overhead.")
+    write_section("swap", "Swap overhead", body, "make bench  # or: python -m bench swap")
+
+
+if __name__ == "__main__":
+    main()
