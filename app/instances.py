@@ -111,14 +111,17 @@ class Manager:
         for config in self.configs().values():
             rt, info = self.runtime[config.id], infos.get(config.id)
             pid = info["pid"] if info else 0
-            if pid and rt.pid and pid != rt.pid and not rt.busy:
+            restarted = bool(pid and rt.pid and pid != rt.pid)
+            if restarted and not rt.busy:
                 rt.restarts += 1
             rt.pid = pid or rt.pid
             if rt.busy or not info:
                 continue
             name = info["statename"]
             if name in ("RUNNING", "STARTING"):
-                rt.set("ready" if await self.healthy(config) else "starting")
+                # Probe only until ready (and again after a restart), so a ready engine's log is not flooded.
+                if rt.phase != "ready" or restarted:
+                    rt.set("ready" if await self.healthy(config) else "starting")
             elif name in FAILED_STATES:
                 rt.set("failed", rt.reason or f"the engine exited: {info.get('spawnerr') or info['description']}")
             elif name == "STOPPING":

@@ -17,7 +17,7 @@ def main() -> None:
         if headers["eventname"].startswith("PROCESS_LOG"):
             event, data = childutils.eventdata(payload)
             name = event["processname"]
-            for line in data.splitlines():
+            for line in filter(str.strip, data.splitlines()):
                 sys.stderr.write(f"{name} | {line}\n")
             sys.stderr.flush()
         childutils.listener.ok(sys.stdout)

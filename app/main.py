@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from app import gpu
 from app.api import instances, v2
+from app.api import provisioning as provisioning_api
 from app.instances import Manager
 from app.settings import get_settings
 
@@ -27,6 +28,7 @@ app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url=
               lifespan=lifespan)
 app.include_router(instances.router)
 app.include_router(v2.router)
+app.include_router(provisioning_api.router)
 
 
 @app.get("/api/health")

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # --- first boot ----------------------------------------------------------
     provisioning_script: str = Field("", alias="PROVISIONING_SCRIPT",
         description="URL or path of a shell script run once on first boot.")
+    provisioning_manifest: str = Field("", alias="PROVISIONING_MANIFEST",
+        description="URL or path of a YAML manifest (apt, pip, models, files, env, programs, apps) applied once on first boot; see docs/provisioning.md.")
+    boot_hooks_dir: str = Field("", alias="BOOT_HOOKS_DIR",
+        description="Folder of scripts run at every boot before the programs start. Default `<workspace>/boot.d`.")
+    boot_hook_timeout: int = Field(300, alias="BOOT_HOOK_TIMEOUT",
+        description="Seconds one boot hook may run before it is killed (counted as a failure).")
+    public_key: str = Field("", alias="PUBLIC_KEY",
+        description="SSH public key(s), one per line: an `sshd` program accepts only these, unless an sshd already runs.")
+    ssh_port: int = Field(22, alias="SSH_PORT",
+        description="Port of the appliance's own sshd (when PUBLIC_KEY is set).")
+    runpod_pod_id: str = Field("", alias="RUNPOD_POD_ID",
+        description="Set by RunPod: the boot log then prints the RunPod proxy addresses of the public ports.")
 
     @field_validator("auto_parallel", mode="before")
     @classmethod
@@ -133,6 +145,24 @@ class Settings(BaseSettings):
         return self.state_dir / "boot.json"
 
     @property
+    def provisioning_record(self) -> Path:
+        return self.state_dir / "provisioning.json"
+
+    @property
+    def provisioning_dir(self) -> Path:
+        """Copies of the script and manifest last fetched."""
+        return self.state_dir / "provisioning"
+
+    @property
+    def boot_hooks(self) -> Path:
+        return Path(self.boot_hooks_dir) if self.boot_hooks_dir else self.workspace / "boot.d"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """sshd's config, host keys (generated once) and authorized_keys."""
+        return self.state_dir / "ssh"
+
+    @property
     def hf_home(self) -> Path:
         return Path(self.hf_home_dir) if self.hf_home_dir else self.workspace / "huggingface"
 
@@ -183,7 +213,7 @@ class Settings(BaseSettings):
     def folders(self) -> list[Path]:
         """Every folder the appliance writes to, created at each boot."""
         return [self.workspace, self.state_dir, self.tls_dir, self.hf_home, self.programs_dir,
-                self.caddyfile.parent, self.caddy_data_dir, self.log_dir, self.run_dir]
+                self.caddyfile.parent, self.caddy_data_dir, self.log_dir, self.run_dir, self.provisioning_dir]
 
 
 @lru_cache

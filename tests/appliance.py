@@ -122,13 +122,17 @@ class Appliance:
 
     @property
     def token(self) -> str:
-        return self.env.get("OPEN_BUTTON_TOKEN") or (self.root / "workspace/.appliance/token").read_text().strip()
+        return self.env.get("OPEN_BUTTON_TOKEN") or (self.workspace / ".appliance/token").read_text().strip()
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.env["WORKSPACE"]) if self.env.get("WORKSPACE") else self.root / "workspace"
 
     @property
     def cert(self) -> Path:
         if self.env.get("TLS_CERT"):
             return Path(self.env["TLS_CERT"])
-        return self.root / "workspace/.appliance/tls/cert.pem"
+        return self.workspace / ".appliance/tls/cert.pem"
 
     def url(self, port: int, path: str = "/") -> str:
         return f"{'https' if self.https else 'http'}://127.0.0.1:{port}{path}"

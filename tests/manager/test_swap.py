@@ -152,3 +152,12 @@ def test_an_engine_killed_with_sigkill_is_restarted_and_counted(api):
     after = wait_for(lambda: (i := client.get(appliance.portal_url("/api/instances/vllm")).json())["restarts"]
                      > before["restarts"] and i["state"] == "ready" and i, 30)
     assert after["pid"] != before["pid"]
+
+
+def test_a_ready_engine_is_not_polled_into_a_noisy_log(api):
+    appliance, client = api
+    wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
+    time.sleep(1.5)
+    size = len(appliance.log("vllm"))
+    time.sleep(3)
+    assert appliance.log("vllm")[size:].count("GET /health") == 0
