@@ -29,7 +29,11 @@ run: install engine
 lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
-test: install lint
+# Debian's chromium for the portal's browser tests (never a browser download of playwright's own).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+test: install lint browser
 	scripts/install-engine.sh $(ENGINE_VENV)
 	ENGINE_VENV="$(ENGINE_VENV)" $(VENV)/bin/python -m pytest
 

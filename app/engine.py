@@ -1,6 +1,7 @@
 """The `vllm serve` command line of an engine program."""
 from __future__ import annotations
 
+NOTE = "rendered from the saved state; change it through the API"  # first line of every engine program file
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
                     "--data-parallel-size", "-dp")
 
@@ -47,8 +48,9 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
     args = list(config.args)
     if config.served_model_name and not has_option(args, "--served-model-name"):
         args += ["--served-model-name", config.served_model_name]
-    tensor_parallel = len(config.gpus) if config.gpus else (gpu_count if settings.parallel_on_all_gpus else 0)
+    tensor_parallel = (len(config.gpus) if config.gpus is not None
+                       else gpu_count if settings.parallel_on_all_gpus else 0)
     return Program(name=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
                                                    tensor_parallel=tensor_parallel),
                    environment=environment(settings, config), autostart=autostart, startsecs=5,
-                   stopwaitsecs=30, priority=900, note="rendered from the saved state; change it through the API")
+                   stopwaitsecs=30, priority=900, note=NOTE)

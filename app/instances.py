@@ -12,19 +12,25 @@ Different instances proceed in parallel.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app import engine, gpu, logs, portal_config, render, state
+from app import engine, gpu, logs, portal_config, render, state, stats
 from app.settings import Settings
 from app.supervisor import Supervisor
 
 FAILED_STATES = {"EXITED", "FATAL", "BACKOFF"}
+OWNING_PHASES = {"starting", "ready", "stopping"}  # an instance in these phases holds its GPUs and port
+# Set by the manager itself: an API request gives them as fields (model, port), or never (host: 127.0.0.1 only).
+RESERVED_ARGS = {"--model": "give the model as `model`", "--port": "give the port as `port`",
+                 "--host": "engines listen on 127.0.0.1 only; Caddy publishes them"}
+ENGINE_NOTE = engine.NOTE
 
 
 class InstanceError(Exception):
@@ -35,6 +41,8 @@ class InstanceError(Exception):
 
 class SwapRequest(BaseModel):
     """PUT /api/instances/{id}: create or swap."""
+    model_config = ConfigDict(extra="forbid")
+
     model: str
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
@@ -45,6 +53,22 @@ class SwapRequest(BaseModel):
     wait: bool = False
     rollback: bool = True
     timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved_args(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            name = arg.split("=", 1)[0]
+            if name in RESERVED_ARGS:
+                raise ValueError(f"{name} is not allowed in args: {RESERVED_ARGS[name]}")
+        return args
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_indices(cls, gpus: list[int] | None) -> list[int] | None:
+        if gpus is not None and (any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus)):
+            raise ValueError("gpus must be distinct GPU indices (0, 1, ...), or null for automatic")
+        return gpus
 
 
 @dataclass
@@ -70,31 +94,60 @@ class Manager:
         self.supervisor = Supervisor.of(settings)
         self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runtime: dict[str, Runtime] = defaultdict(Runtime)
+        # The latest accepted config of each instance whose request is not finished yet: it already claims
+        # its port and GPUs, so that two requests in flight cannot be given the same ones.
+        self.pending: dict[str, state.InstanceConfig] = {}
         self.tasks: set[asyncio.Task] = set()
         self.http = httpx.AsyncClient(timeout=2.0)
 
     # --- reading -------------------------------------------------------------
     def configs(self) -> dict[str, state.InstanceConfig]:
+        """The saved instances."""
         return state.load(self.settings).instances
+
+    def known(self) -> dict[str, state.InstanceConfig]:
+        """The saved instances, and new ones accepted but not saved yet."""
+        saved = self.configs()
+        return {**saved, **{i: c for i, c in self.pending.items() if i not in saved}}
 
     def view(self, config: state.InstanceConfig) -> dict:
         rt = self.runtime[config.id]
         view = {**config.model_dump(), "served_model_name": config.name_served, "state": rt.phase,
-                "reason": rt.reason, "since": rt.since, "restarts": rt.restarts, "pid": rt.pid or None,
+                "reason": rt.reason, "since": rt.since, "restarts": rt.restarts,
+                "pid": rt.pid if rt.pid and rt.phase in OWNING_PHASES else None,
                 "uptime": round(time.time() - rt.since, 1) if rt.phase == "ready" else None,
-                "command": engine.program(self.settings, config).argv}
+                "command": engine.program(self.settings, config, gpu_count=gpu.gpu_count()).argv}
         if rt.phase in ("starting", "failed"):
             view["last_log"] = logs.tail_lines(self.log_path(config.id), 20)
         return view
 
     def get(self, instance_id: str) -> state.InstanceConfig:
-        config = self.configs().get(instance_id)
+        config = self.known().get(instance_id)
         if not config:
             raise InstanceError(404, f"no instance {instance_id!r}")
         return config
 
     def log_path(self, instance_id: str):
         return self.settings.log_dir / f"{instance_id}.log"
+
+    def appliance_ports(self) -> dict[int, str]:
+        """Ports that belong to the appliance (PORTAL_CONFIG), with what uses them; not for engines."""
+        try:
+            apps = portal_config.load(self.settings.portal_yaml)[1]
+        except FileNotFoundError:
+            return {}
+        ports = {}
+        for app in apps:
+            ports[app.external_port] = f"the public port of {app.name!r}"
+            ports[app.internal_port] = f"the internal port of {app.name!r}"
+        return ports
+
+    def default_port(self) -> int:
+        try:
+            api = portal_config.find(portal_config.load(self.settings.portal_yaml)[1], "vLLM")
+        except FileNotFoundError:
+            api = None
+        return api.internal_port if api else 18000
 
     # --- monitoring ----------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:
@@ -122,8 +175,11 @@ class Manager:
                 # Probe only until ready (and again after a restart), so a ready engine's log is not flooded.
                 if rt.phase != "ready" or restarted:
                     rt.set("ready" if await self.healthy(config) else "starting")
+            elif name == "BACKOFF":  # exited too soon; supervisor tries again
+                rt.set("starting", f"restarting: {info.get('spawnerr') or info['description']}")
             elif name in FAILED_STATES:
-                rt.set("failed", rt.reason or f"the engine exited: {info.get('spawnerr') or info['description']}")
+                rt.set("failed", rt.reason if rt.phase == "failed" and rt.reason
+                       else f"the engine exited: {info.get('spawnerr') or info['description']}")
             elif name == "STOPPING":
                 rt.set("stopping")
             elif rt.phase != "failed":
@@ -139,37 +195,98 @@ class Manager:
         except (httpx.HTTPError, ValueError):
             return False
 
+    async def reconcile(self) -> None:
+        """At the manager's start: make supervisor's programs and Caddy's routes match the saved state again.
+
+        The saved state is the truth. If a previous manager died between saving a config and applying it,
+        the program file is rewritten and the process group replaced; unchanged programs are left alone.
+        """
+        saved = self.configs()
+        names = set(saved)
+        for path in self.settings.programs_dir.glob("*.conf"):
+            head = path.read_text(errors="replace").split("\n", 1)[0]
+            if ENGINE_NOTE in head and path.stem not in saved:
+                path.unlink()
+                names.add(path.stem)
+        count = gpu.gpu_count()
+        for config in saved.values():
+            path = render.program_path(self.settings, config.id)
+            current = path.read_text() if path.exists() else None
+            autostart = current is None or "\nautostart=false\n" not in current  # kept as boot decided
+            text = render.program_conf(self.settings, engine.program(self.settings, config, gpu_count=count,
+                                                                     autostart=autostart))
+            if text != current:
+                render.write_atomic(path, text)
+        added, changed, removed = await asyncio.to_thread(self.supervisor.apply_config, names)
+        if added or changed or removed:
+            print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "
+                  f"removed {removed}", flush=True)
+        routes = render.caddy_routes(self.settings, saved.values())
+        file = self.settings.caddy_routes_file
+        if not file.exists() or file.read_text() != routes:
+            await self.reload_caddy()
+        await self.refresh()
+
     # --- changing ------------------------------------------------------------
     def build(self, instance_id: str, request: SwapRequest) -> state.InstanceConfig:
-        """Validate a request into a config (ValueError says what is wrong)."""
-        saved = self.configs()
+        """Validate a request into a config (ValueError: bad input; InstanceError 409: a port or GPU is taken)."""
+        claims = {**self.configs(), **self.pending}
         port = request.port
         if instance_id == state.DEFAULT_INSTANCE:
-            api = portal_config.find(portal_config.load(self.settings.portal_yaml)[1], "vLLM")
-            port = api.internal_port if api else 18000
+            if port is not None and port != self.default_port():
+                raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.default_port()}); "
+                                 "leave `port` out")
+            port = self.default_port()
         elif port is None:
-            port = saved[instance_id].port if instance_id in saved else self.free_port(saved)
+            port = claims[instance_id].port if instance_id in claims else self.free_port(claims)
         config = state.InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                       gpus=request.gpus, share_gpus=request.share_gpus, port=port,
                                       served_model_name=request.served_model_name)
         render.environment_line(engine.environment(self.settings, config))  # what supervisor could not carry
-        self.check_ownership(config, saved)
+        self.check_gpus_exist(config)
+        self.check_ownership(config, claims)
         return config
 
-    def free_port(self, saved: dict[str, state.InstanceConfig]) -> int:
-        used = {c.port for c in saved.values()}
-        return next(p for p in range(18001, 19000) if p not in used)
+    def free_port(self, claims: dict[str, state.InstanceConfig]) -> int:
+        """The first port of ENGINE_PORTS that no instance claims, the appliance does not use and nothing listens on."""
+        taken = {c.port for c in claims.values()} | set(self.appliance_ports())
+        for port in self.settings.engine_port_range:
+            if port in taken:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        raise InstanceError(409, f"no free port left in ENGINE_PORTS ({self.settings.engine_ports})")
 
-    def check_ownership(self, config: state.InstanceConfig, saved: dict[str, state.InstanceConfig]) -> None:
+    def check_gpus_exist(self, config: state.InstanceConfig) -> None:
+        if not config.gpus:
+            return
+        count = gpu.gpu_count()
+        if count == 0:
+            raise ValueError(f"gpus {config.gpus} given, but there is no NVIDIA GPU here ({gpu.reason()}); "
+                             "leave gpus out (null)")
+        missing = [g for g in config.gpus if g >= count]
+        if missing:
+            raise ValueError(f"GPU {missing[0]} does not exist: there are {count} GPUs (0-{count - 1})")
+
+    def check_ownership(self, config: state.InstanceConfig, claims: dict[str, state.InstanceConfig]) -> None:
+        """409 if another instance has this port, or (while it runs) one of these GPUs and they do not both share."""
+        if config.id != state.DEFAULT_INSTANCE and config.port in (appliance := self.appliance_ports()):
+            raise InstanceError(409, f"port {config.port} is {appliance[config.port]}; choose another or leave it out")
         count = gpu.gpu_count()
         mine = set(config.gpus) if config.gpus is not None else set(range(count))
-        for other in saved.values():
-            if other.id == config.id or self.runtime[other.id].phase == "stopped":
+        for other in claims.values():
+            if other.id == config.id:
+                continue
+            if other.port == config.port:
+                raise InstanceError(409, f"port {config.port} is used by instance {other.id!r}")
+            if self.runtime[other.id].phase not in OWNING_PHASES:
                 continue
             theirs = set(other.gpus) if other.gpus is not None else set(range(count))
             shared = mine & theirs
-            if other.port == config.port:
-                raise InstanceError(409, f"port {config.port} is used by instance {other.id!r}")
             if shared and not (config.share_gpus and other.share_gpus):
                 raise InstanceError(409, f"GPU {min(shared)} is owned by instance {other.id!r} "
                                          "(set share_gpus on both to share it)")
@@ -183,42 +300,54 @@ class Manager:
         try:
             config = self.build(instance_id, request)
         except ValueError as exc:
-            raise InstanceError(422, _message(exc)) from None
+            raise InstanceError(422, error_message(exc)) from None
         seq = self.accept(instance_id)
+        self.pending[instance_id] = config
+        self.runtime[instance_id].set("starting")
         job = asyncio.create_task(self._swap(config, request, seq))
         self.tasks.add(job)
         job.add_done_callback(self.tasks.discard)
         if request.wait:
             return await asyncio.shield(job)
-        self.runtime[instance_id].set("starting")
         return {**self.view(config), "accepted": seq}
 
     async def _swap(self, config: state.InstanceConfig, request: SwapRequest, seq: int) -> dict:
         rt = self.runtime[config.id]
-        async with self.locks[config.id]:
-            if seq != rt.seq:
-                return {**self.view(config), "result": "superseded by a later request"}
-            old = self.configs().get(config.id)
-            rt.busy = True
-            rt.set("starting")
-            try:
-                await self._apply(config)
-                ok, reason = await self._wait_ready(config, request.timeout)
-                if ok:
-                    rt.set("ready")
-                    return {**self.view(config), "result": "ready"}
-                last_log = logs.tail_lines(self.log_path(config.id), 20)
-                if request.rollback and old and old != config:
-                    await self._apply(old)
-                    back, _ = await self._wait_ready(old, 600)
-                    rt.set("ready" if back else "failed",
-                           f"swap to {config.model} failed: {reason}; rolled back to {old.model}")
-                    return {**self.view(old), "result": "rolled back", "error": reason, "failed_log": last_log}
-                await asyncio.to_thread(self.supervisor.stop, config.id)
-                rt.set("failed", reason)
-                return {**self.view(config), "result": "failed", "error": reason}
-            finally:
-                rt.busy = False
+        try:
+            async with self.locks[config.id]:
+                if seq != rt.seq:
+                    return {**self.view(config), "result": "superseded by a later request"}
+                return await self._swap_locked(config, request, rt)
+        finally:
+            if rt.seq == seq:
+                self.pending.pop(config.id, None)
+
+    async def _swap_locked(self, config: state.InstanceConfig, request: SwapRequest, rt: Runtime) -> dict:
+        old = self.configs().get(config.id)
+        rt.busy = True
+        rt.set("starting")
+        try:
+            await self._apply(config)
+            ok, reason = await self._wait_ready(config, request.timeout)
+            if ok:
+                rt.set("ready")
+                return {**self.view(config), "result": "ready"}
+            last_log = logs.tail_lines(self.log_path(config.id), 20)
+            if request.rollback and old and old != config:
+                await self._apply(old)
+                back, _ = await self._wait_ready(old, max(request.timeout, 600))
+                rt.set("ready" if back else "failed",
+                       f"swap to {config.model} failed: {reason}; rolled back to {old.model}")
+                return {**self.view(old), "result": "rolled back", "error": reason, "failed_log": last_log}
+            await asyncio.to_thread(self.supervisor.stop, config.id)
+            rt.set("failed", reason)
+            return {**self.view(config), "result": "failed", "error": reason, "failed_log": last_log}
+        except InstanceError as exc:
+            if rt.phase == "starting":
+                rt.set("ready" if old and await self.healthy(old) else "failed", exc.message)
+            raise
+        finally:
+            rt.busy = False
 
     async def _apply(self, config: state.InstanceConfig) -> None:
         """Save the config, write its program, stop the old engine (GPU memory released), start the new one."""
@@ -231,13 +360,23 @@ class Manager:
             raise InstanceError(507, f"cannot save the new configuration ({exc.strerror}); "
                                      "the previous configuration and model are untouched") from None
         render.write_program(self.settings, engine.program(self.settings, config, gpu_count=gpu.gpu_count()))
-        owned_pids = await asyncio.to_thread(gpu.engine_pids, previous.gpus if previous else None)
+        gpu_pids = await asyncio.to_thread(self._gpu_pids, config.id, previous)
         await asyncio.to_thread(self.supervisor.stop, config.id)
-        await asyncio.to_thread(gpu.wait_released, owned_pids, 60.0)
-        await asyncio.to_thread(self.supervisor.apply_config)
+        if gpu_pids and not await asyncio.to_thread(gpu.wait_released, gpu_pids, self.settings.gpu_release_timeout):
+            print(f"manager: {config.id}: the old engine's GPU processes {sorted(gpu_pids)} still hold GPU memory "
+                  f"after {self.settings.gpu_release_timeout:.0f} s; starting the new engine anyway", flush=True)
+        await asyncio.to_thread(self.supervisor.apply_config, {config.id})
         await asyncio.to_thread(self.supervisor.start, config.id)
         if previous is None or previous.port != config.port:
             await self.reload_caddy()
+
+    def _gpu_pids(self, instance_id: str, previous: state.InstanceConfig | None) -> set[int]:
+        """The GPU processes of this instance's running engine (its process and its children), by NVML."""
+        info = self.supervisor.info(instance_id)
+        root = info["pid"] if info else 0
+        if not root or previous is None:
+            return set()
+        return {pid for pid in gpu.engine_pids(previous.gpus) if stats.owner(pid, {root: instance_id})}
 
     async def _wait_ready(self, config: state.InstanceConfig, timeout: float) -> tuple[bool, str]:
         deadline = time.monotonic() + timeout
@@ -245,12 +384,12 @@ class Manager:
             info = await asyncio.to_thread(self.supervisor.info, config.id)
             if info and info["statename"] in FAILED_STATES:
                 return False, f"the engine exited ({info.get('spawnerr') or info['description']})"
-            if info:
-                self.runtime[config.id].pid = info["pid"] or self.runtime[config.id].pid
+            if info and info["pid"]:
+                self.runtime[config.id].pid = info["pid"]
             if await self.healthy(config):
                 return True, ""
             await asyncio.sleep(0.25)
-        return False, f"not ready after {timeout:.0f} s"
+        return False, f"not ready after {timeout:g} s"
 
     async def reload_caddy(self) -> None:
         """Re-render the per-instance routes and reload Caddy gracefully (open connections are kept)."""
@@ -264,15 +403,26 @@ class Manager:
 
     async def start(self, instance_id: str) -> dict:
         config = self.get(instance_id)
+        self.accept(instance_id)  # a swap still queued is superseded by this later request
         async with self.locks[instance_id]:
-            self.check_ownership(config, self.configs())
-            self.runtime[instance_id].set("starting")
-            await asyncio.to_thread(self.supervisor.start, instance_id)
+            config = self.get(instance_id)
+            self.check_ownership(config, {**self.configs(), **self.pending})
+            rt = self.runtime[instance_id]
+            rt.busy = True
+            rt.set("starting")
+            try:
+                await asyncio.to_thread(self.supervisor.start, instance_id)
+                info = await asyncio.to_thread(self.supervisor.info, instance_id)
+                rt.pid = (info or {}).get("pid") or rt.pid  # a start we asked for is no restart
+            finally:
+                rt.busy = False
         return self.view(config)
 
     async def stop(self, instance_id: str) -> dict:
         config = self.get(instance_id)
+        self.accept(instance_id)
         async with self.locks[instance_id]:
+            config = self.get(instance_id)
             rt = self.runtime[instance_id]
             rt.busy = True
             rt.set("stopping")
@@ -289,19 +439,21 @@ class Manager:
 
     async def delete(self, instance_id: str) -> dict:
         config = self.get(instance_id)
+        self.accept(instance_id)
         async with self.locks[instance_id]:
+            self.pending.pop(instance_id, None)
             saved = state.load(self.settings)
-            saved.instances.pop(instance_id, None)
+            config = saved.instances.pop(instance_id, config)
             state.save(self.settings, saved)
             await asyncio.to_thread(self.supervisor.stop, instance_id)
             render.program_path(self.settings, instance_id).unlink(missing_ok=True)
-            await asyncio.to_thread(self.supervisor.apply_config)
+            await asyncio.to_thread(self.supervisor.apply_config, {instance_id})
             await self.reload_caddy()
             self.runtime.pop(instance_id, None)
         return {**config.model_dump(), "state": "deleted"}
 
 
-def _message(exc: Exception) -> str:
+def error_message(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if errors:
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors())

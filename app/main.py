@@ -5,9 +5,9 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-from app import gpu
+from app import gpu, portal
 from app.api import instances, v2
 from app.api import provisioning as provisioning_api
 from app.instances import Manager
@@ -19,13 +19,19 @@ async def lifespan(app: FastAPI):
     app.state.settings = get_settings()
     app.state.manager = Manager(app.state.settings)
     app.state.sampler = gpu.Sampler().start()
+    try:  # after a crash of the manager: bring supervisor and Caddy back in line with the saved state
+        await app.state.manager.reconcile()
+    except Exception as exc:  # noqa: BLE001 (the portal must come up to show what is wrong)
+        print(f"manager: could not reconcile programs with the saved state: {exc!r}", flush=True)
     monitor = asyncio.create_task(app.state.manager.monitor())
     yield
     monitor.cancel()
+    await app.state.manager.http.aclose()
 
 
 app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
               lifespan=lifespan)
+app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
 app.include_router(instances.router)
 app.include_router(v2.router)
 app.include_router(provisioning_api.router)
@@ -36,6 +42,5 @@ def health() -> dict:
     return {"status": "ok"}
 
 
-@app.get("/", response_class=HTMLResponse, include_in_schema=False)
-def index() -> str:
-    return "<!doctype html><title>vLLM appliance</title><h1>vLLM appliance</h1><p>The portal is coming soon.</p>"
+
+app.include_router(portal.router)  # last: its /{page} must not shadow the API

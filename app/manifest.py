@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app import portal_config, validation
 
@@ -125,17 +125,18 @@ class Program(_Strict):
     _env = field_validator("environment")(lambda cls, v: validation.env_vars(v))
 
 
+Package = Annotated[str, AfterValidator(_package)]
+
+
 class Manifest(_Strict):
-    apt: list[str] = Field(default_factory=list)
-    pip: list[str] = Field(default_factory=list)
+    apt: list[Package] = Field(default_factory=list)
+    pip: list[Package] = Field(default_factory=list)
     models: list[Model] = Field(default_factory=list)
     files: list[File] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     programs: list[Program] = Field(default_factory=list)
     apps: list[str] = Field(default_factory=list)
 
-    _apt = field_validator("apt")(lambda cls, v: [_package(x) for x in v])
-    _pip = field_validator("pip")(lambda cls, v: [_package(x) for x in v])
     _env = field_validator("env")(lambda cls, v: validation.env_vars(v))
 
     @field_validator("models", mode="before")

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         description="The Hugging Face Hub's address (a mirror, or a local stand-in in tests).")
     hf_hub_offline: bool = Field(False, alias="HF_HUB_OFFLINE",
         description="Never contact the Hub; models must be local or already in the cache.")
+    engine_ports: str = Field("18001-18999", alias="ENGINE_PORTS",
+        description="Internal ports (`first-last`) given to instances created through the API without a port.")
+    gpu_release_timeout: float = Field(60.0, alias="GPU_RELEASE_TIMEOUT",
+        description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs before starting the new one.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
         description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is installed; start it with `supervisorctl start ray`.")
 
@@ -91,6 +95,14 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     # --- derived values ------------------------------------------------------
+    @property
+    def engine_port_range(self) -> range:
+        first, sep, last = self.engine_ports.partition("-")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()
+                and 1024 <= int(first) <= int(last) <= 65535):
+            raise ValueError(f"ENGINE_PORTS {self.engine_ports!r} must be FIRST-LAST between 1024 and 65535")
+        return range(int(first), int(last) + 1)
+
     @property
     def parallel_on_all_gpus(self) -> bool:
         return self.use_all_gpus if self.auto_parallel is None else self.auto_parallel

@@ -55,13 +55,16 @@ class Supervisor:
             if "NOT_RUNNING" not in fault.faultString and "BAD_NAME" not in fault.faultString:
                 raise
 
-    def apply_config(self) -> tuple[list[str], list[str], list[str]]:
-        """Re-read the program files and add, replace or remove process groups accordingly (like `supervisorctl update`).
+    def apply_config(self, names: set[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+        """Re-read the program files and add, replace or remove process groups accordingly (like `supervisorctl update`),
+        for the groups in `names` only when given (so the manager never replaces itself or Caddy by accident).
 
         A changed or removed group is stopped first; an added group starts if its autostart is on.
         """
         rpc = self._rpc()
         [[added, changed, removed]] = rpc.reloadConfig()
+        if names is not None:
+            added, changed, removed = ([n for n in group if n in names] for group in (added, changed, removed))
         for name in changed + removed:
             self.stop(name)
             rpc.removeProcessGroup(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from app import logs, stats
 from app.instances import InstanceError, SwapRequest
@@ -27,7 +27,7 @@ async def call(coro, status: int = 200):
 @router.get("/instances")
 def list_instances(request: Request) -> list[dict]:
     manager = request.app.state.manager
-    return [manager.view(c) for c in manager.configs().values()]
+    return [manager.view(c) for c in manager.known().values()]
 
 
 @router.get("/instances/{instance_id}")
@@ -60,7 +60,8 @@ async def delete_instance(request: Request, instance_id: str):
 
 
 def log_response(path, range_header: str | None, offset: int | None) -> Response:
-    total = path.stat().st_size
+    """A log's bytes: all of it (at most 1 MiB, 200), or a Range / offset (206); a log not written yet is empty."""
+    total = path.stat().st_size if path.exists() else 0
     if offset is not None:
         range_header = f"bytes={offset}-"
     try:
@@ -79,9 +80,9 @@ def log_response(path, range_header: str | None, offset: int | None) -> Response
 def instance_logs(request: Request, instance_id: str, range: str | None = Header(None),
                   offset: int | None = Query(None, ge=0)):
     path = logs.find(request.app.state.settings.log_dir, instance_id)
-    if path is None or instance_id not in request.app.state.manager.configs():
+    if instance_id not in request.app.state.manager.known():
         return error(404, f"no instance {instance_id!r}")
-    return log_response(path, range, offset)
+    return log_response(path or request.app.state.settings.log_dir / f"{instance_id}.log", range, offset)
 
 
 @router.get("/logs")
@@ -93,6 +94,12 @@ def list_logs(request: Request) -> list[dict]:
 def get_log(request: Request, name: str, range: str | None = Header(None), offset: int | None = Query(None, ge=0)):
     path = logs.find(request.app.state.settings.log_dir, name)
     return log_response(path, range, offset) if path else error(404, f"no log {name!r}")
+
+
+@router.get("/logs/{name}/download")
+def download_log(request: Request, name: str):
+    path = logs.find(request.app.state.settings.log_dir, name)
+    return FileResponse(path, filename=path.name, media_type="text/plain") if path else error(404, f"no log {name!r}")
 
 
 @router.get("/logs/{name}/stream")
@@ -125,9 +132,12 @@ async def services(request: Request) -> list[dict]:
 
 @router.post("/services/{name}/{action}")
 async def service_action(request: Request, name: str, action: str):
-    supervisor = request.app.state.manager.supervisor
+    manager = request.app.state.manager
+    supervisor = manager.supervisor
     if action not in ("start", "stop", "restart"):
         return error(404, f"unknown action {action!r}: use start, stop or restart")
+    if name in manager.configs():  # an engine: through the manager, so its state and restart count stay right
+        return await call(getattr(manager, action)(name))
     if await asyncio.to_thread(supervisor.info, name) is None:
         return error(404, f"no program {name!r}")
     if name in PROTECTED and action != "start":
