@@ -6,7 +6,7 @@ APPLIANCE_ROOT ?= $(CURDIR)/.appliance
 # `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
 RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
-.PHONY: run test test-fast bench lint install engine browser clean
+.PHONY: run test test-fast bench lint install engine system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,13 @@ run: install engine
 lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
-# Debian's chromium for the portal's browser tests (never a browser download of playwright's own).
-browser:
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+# Debian packages the tests use: chromium for the portal's browser tests (never a browser download of
+# playwright's own), openssh-server for the PUBLIC_KEY sshd.
+system-packages:
+	@command -v chromium >/dev/null && command -v sshd >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium openssh-server; }
 
-test: install lint browser
+test: install lint system-packages
 	scripts/install-engine.sh $(ENGINE_VENV)
 	ENGINE_VENV="$(ENGINE_VENV)" $(VENV)/bin/python -m pytest
 

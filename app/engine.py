@@ -39,7 +39,8 @@ def environment(settings, config) -> dict[str, str]:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
-    return {**env, **config.env}
+    from app import provisioning  # the manifest's and boot hooks' env for every engine
+    return {**env, **provisioning.engine_env(settings), **config.env}
 
 
 def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):

@@ -624,6 +624,7 @@ def ssh_setup(settings: Settings, keys: list[str]) -> Path:
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " appliance-host\n")
         log(f"generated the SSH host key {host_key}")
     render.write_atomic(folder / "authorized_keys", "\n".join(keys) + "\n", mode=0o600)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder, fixed at its build
     import pwd
     user = pwd.getpwuid(os.geteuid()).pw_name
     config = folder / "sshd_config"
