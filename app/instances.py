@@ -7,11 +7,15 @@ out, the previous program and model come back (rollback, on by default).
 
 Requests on one instance are serialised by a lock; a request still queued when a newer one
 arrives is skipped ("superseded"), so the last accepted request wins and none is half-applied.
-Different instances proceed in parallel.
+Different instances proceed in parallel. An accepted request claims its port and GPUs at once.
+
+At its start the manager reconciles supervisor and Caddy with the saved state (the truth), so a
+manager killed between saving and applying a change finishes it when supervisor brings it back.
 """
 from __future__ import annotations
 
 import asyncio
+import configparser
 import socket
 import subprocess
 import time
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from supervisor.datatypes import dict_of_key_value_pairs
 
-from app import engine, gpu, logs, portal_config, render, state, stats
+from app import engine, gpu, logs, portal_config, provisioning, render, state, stats
 from app.settings import Settings
 from app.supervisor import Supervisor
 
@@ -161,6 +166,7 @@ class Manager:
 
     async def refresh(self) -> None:
         infos = {p["name"]: p for p in await asyncio.to_thread(self.supervisor.all)}
+        waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
         for config in self.configs().values():
             rt, info = self.runtime[config.id], infos.get(config.id)
             pid = info["pid"] if info else 0
@@ -182,6 +188,8 @@ class Manager:
                        else f"the engine exited: {info.get('spawnerr') or info['description']}")
             elif name == "STOPPING":
                 rt.set("stopping")
+            elif config.id in waiting and name == "STOPPED":
+                rt.set("waiting", provisioning.WAITING_REASON)
             elif rt.phase != "failed":
                 rt.set("stopped")
 
@@ -213,10 +221,9 @@ class Manager:
             path = render.program_path(self.settings, config.id)
             current = path.read_text() if path.exists() else None
             autostart = current is None or "\nautostart=false\n" not in current  # kept as boot decided
-            text = render.program_conf(self.settings, engine.program(self.settings, config, gpu_count=count,
-                                                                     autostart=autostart))
-            if text != current:
-                render.write_atomic(path, text)
+            program = engine.program(self.settings, config, gpu_count=count, autostart=autostart)
+            if current is None or not same_program(current, program):
+                render.write_atomic(path, render.program_conf(self.settings, program))
         added, changed, removed = await asyncio.to_thread(self.supervisor.apply_config, names)
         if added or changed or removed:
             print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "
@@ -306,10 +313,15 @@ class Manager:
         self.runtime[instance_id].set("starting")
         job = asyncio.create_task(self._swap(config, request, seq))
         self.tasks.add(job)
-        job.add_done_callback(self.tasks.discard)
+        job.add_done_callback(self._done)
         if request.wait:
             return await asyncio.shield(job)
         return {**self.view(config), "accepted": seq}
+
+    def _done(self, job: asyncio.Task) -> None:
+        self.tasks.discard(job)
+        if not job.cancelled() and job.exception() is not None:  # already in the instance's reason; not re-raised
+            print(f"manager: swap: {job.exception()!r}", flush=True)
 
     async def _swap(self, config: state.InstanceConfig, request: SwapRequest, seq: int) -> dict:
         rt = self.runtime[config.id]
@@ -376,7 +388,23 @@ class Manager:
         root = info["pid"] if info else 0
         if not root or previous is None:
             return set()
-        return {pid for pid in gpu.engine_pids(previous.gpus) if stats.owner(pid, {root: instance_id})}
+        on_gpus = gpu.engine_pids(previous.gpus)
+        mine = {pid for pid in on_gpus if stats.owner(pid, {root: instance_id})}
+        if mine or previous.share_gpus:
+            return mine
+        # In a container NVML reports the host's pids, which /proc here does not know. On GPUs this engine held
+        # alone (no other running instance may hold them), such processes are its own.
+        return {pid for pid in on_gpus if stats.foreign(pid)}
+
+    def gpu_holders(self) -> dict[int, str]:
+        """GPU index -> the running instance that holds it alone (not shared): the owner of its processes
+        whose pids NVML gives from another pid namespace (a container)."""
+        count, holders = gpu.gpu_count(), {}
+        for config in self.configs().values():
+            if self.runtime[config.id].phase in OWNING_PHASES and not config.share_gpus:
+                for index in (config.gpus if config.gpus is not None else range(count)):
+                    holders[index] = config.id
+        return holders
 
     async def _wait_ready(self, config: state.InstanceConfig, timeout: float) -> tuple[bool, str]:
         deadline = time.monotonic() + timeout
@@ -451,6 +479,20 @@ class Manager:
             await self.reload_caddy()
             self.runtime.pop(instance_id, None)
         return {**config.model_dump(), "state": "deleted"}
+
+
+def same_program(text: str, program: render.Program) -> bool:
+    """Whether a program file already runs this command with this environment (in any order of its variables)."""
+    parser = configparser.RawConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+        section = f"program:{program.name}"
+        command = parser.get(section, "command")
+        environment = parser.get(section, "environment", fallback="")
+        env = dict_of_key_value_pairs(environment.replace("%%", "%")) if environment else {}
+    except (configparser.Error, ValueError):
+        return False
+    return command == render.command_line(program.argv) and env == program.environment
 
 
 def error_message(exc: Exception) -> str:

@@ -68,9 +68,12 @@ def find(folder: Path, name: str) -> Path | None:
 async def follow(path: Path, offset: int | None, poll: float = 0.25, keepalive: float = 15.0):
     """Server-sent events with each new complete line; its `id` is the byte offset just after it, to resume from.
 
-    offset None: start at the last 4 KiB of the file. A file that shrinks (rotation) is read from its start.
+    offset None: start at the first whole line of the last 4 KiB of the file. A file that shrinks (rotation) is read from its start.
     """
     cursor = max(0, path.stat().st_size - 4096) if offset is None else offset  # start of `pending`
+    if offset is None and cursor:  # the tail starts at a line's beginning, not halfway through one
+        newline = read(path, cursor - 1, cursor + 4095).find(b"\n")
+        cursor += newline if newline >= 0 else 4096
     pending, idle = b"", 0.0
     while True:
         size = path.stat().st_size if path.exists() else 0

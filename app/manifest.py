@@ -124,6 +124,17 @@ class Program(_Strict):
 
     _env = field_validator("environment")(lambda cls, v: validation.env_vars(v))
 
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value):
+        if value is not None:
+            validation.plain_text(value, "directory")
+            if not value.strip():
+                raise ValueError("directory is empty")
+            if re.search(r"\s[;#]", value):
+                raise ValueError("directory must not hold a space followed by ; or # (supervisor reads a comment)")
+        return value
+
 
 Package = Annotated[str, AfterValidator(_package)]
 

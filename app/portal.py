@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app import portal_config
+from app import credentials, portal_config
 from app.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
@@ -15,13 +15,27 @@ templates = Jinja2Templates(directory=str(get_settings().home / "portal" / "temp
 PAGES = {"overview": "Overview", "models": "Models", "logs": "Logs", "services": "Services", "apps": "Apps"}
 
 
+def saved_token(settings) -> str:
+    """The access token the boot resolved (never generates one: that is the boot's job)."""
+    if settings.open_button_token or settings.token_file.exists():
+        return credentials.resolve_token(settings)[0]
+    return ""
+
+
 def page(request: Request, name: str) -> HTMLResponse:
     settings = request.app.state.settings
     _, apps = portal_config.load(settings.portal_yaml) if settings.portal_yaml.exists() else ("", [])
-    api = portal_config.find(apps, "vLLM")
-    return templates.TemplateResponse(request, f"{name}.html", {
-        "page": name, "pages": PAGES, "box": socket.gethostname(), "apps": apps,
-        "api_port": api.external_port if api else None, "https": settings.enable_https})
+    api, own = portal_config.find(apps, "vLLM"), portal_config.find(apps, "Instance Portal")
+    # The Apps page may need the token: behind a proxy that puts the port in the host name
+    # (RunPod: https://<pod>-8000.proxy.runpod.net) the cookie of this host does not reach the other ports,
+    # so links to them carry ?token= (Caddy sets the cookie there and drops it from the address).
+    token = saved_token(settings) if name == "apps" and settings.enable_auth else ""
+    response = templates.TemplateResponse(request, f"{name}.html", {
+        "page": name, "pages": PAGES, "box": socket.gethostname(), "apps": apps, "token": token,
+        "api_port": api.external_port if api else None, "portal_port": own.external_port if own else None,
+        "https": settings.enable_https})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/", response_class=HTMLResponse)

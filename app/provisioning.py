@@ -78,6 +78,14 @@ def provisioning_pending(settings: Settings) -> bool:
     return configured(settings) and load_record(settings).get("status") in ("pending", "running")
 
 
+def waiting(settings: Settings) -> set[str]:
+    """The programs (engines, manifest programs) held back until provisioning ends; empty when none wait."""
+    return set(load_record(settings).get("deferred") or []) if provisioning_pending(settings) else set()
+
+
+WAITING_REASON = "waiting for provisioning to finish (GET /api/provisioning; log: provisioning)"
+
+
 def status(settings: Settings) -> dict:
     """What GET /api/provisioning answers."""
     record = load_record(settings)
@@ -90,7 +98,20 @@ def status(settings: Settings) -> dict:
             "script_sha256": record.get("script_sha256"), "manifest_sha256": record.get("manifest_sha256"),
             "steps": record.get("steps", []), "waiting": record.get("deferred", []) if provisioning_pending(settings) else [],
             "last_success": record.get("last_success"),
+            "progress": progress(settings) if record.get("status") == "running" else None,
             "log": str(settings.log_dir / f"{PROGRAM}.log"), "log_url": f"/api/logs/{PROGRAM}"}
+
+
+def progress(settings: Settings, size: int = 4096) -> str | None:
+    """The last line of provisioning.log (a progress bar's latest state, for the portal) while it runs."""
+    try:
+        with open(settings.log_dir / f"{PROGRAM}.log", "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    pieces = [p.strip() for p in re.split(r"[\r\n]", tail) if p.strip()]
+    return pieces[-1][-300:] if pieces else None
 
 
 # --- fetching -----------------------------------------------------------------------------------------------
@@ -160,8 +181,15 @@ class Prepared:
             if spec.name in {p.name for p in programs}:
                 log(f"ERROR: the manifest's program {spec.name!r} has the name of an instance; left out")
                 continue
+            directory = settings.workspace / (spec.directory or "")  # an absolute `directory` stays as it is
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log(f"ERROR: the manifest's program {spec.name!r}: cannot create its directory {directory}: "
+                    f"{exc.strerror}; left out")
+                continue
             programs.append(render.Program(
-                name=spec.name, argv=spec.command, autostart=spec.autostart,
+                name=spec.name, argv=spec.command, autostart=spec.autostart, directory=str(directory),
                 autorestart="true" if spec.autorestart else "false", priority=950,
                 environment={"HF_HOME": str(settings.hf_home), "WORKSPACE": str(settings.workspace),
                              **extra, **spec.environment},
@@ -358,6 +386,14 @@ def step_script(settings: Settings, script: Path) -> None:
     _command(settings, ["bash", str(script)], "the script")
 
 
+class Interrupted(Exception):
+    pass
+
+
+def _interrupted(signum, _frame):
+    raise Interrupted(f"stopped by signal {signum} before the end (it runs again at the next boot)")
+
+
 def run(settings: Settings, *, force: bool = False) -> int:
     record = load_record(settings)
     force = force or bool(record.pop("force", False))
@@ -367,12 +403,20 @@ def run(settings: Settings, *, force: bool = False) -> int:
                   skipped=False)
     save_record(settings, record)
     code = 0
+    signal.signal(signal.SIGTERM, _interrupted)  # stopped by supervisor (a stop, or the container stopping)
     try:
         code = _run(settings, record, steps, force)
     except Exception as exc:  # noqa: BLE001 (record any surprise as a failure)
         say(f"ERROR: {type(exc).__name__}: {exc}")
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        code = 1
+        code = 143 if isinstance(exc, Interrupted) else 1
+        for entry in steps:
+            if entry["status"] == "running":
+                entry.update(status="failed", ended_at=now(), error=str(exc))
+            elif entry["status"] == "waiting":
+                entry["status"] = "not run"
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     record.update(exit_code=code, ended_at=now(), deferred=[])
     if record["status"] == "running":
         record["status"] = "succeeded" if code == 0 else "failed"
@@ -414,11 +458,19 @@ def _run(settings: Settings, record: dict, steps: list[dict], force: bool) -> in
     else:
         record["manifest_sha256"] = None
     script = None
+    last = record.get("last_success") or {}
     if settings.provisioning_script:
         say(f"fetching the script {settings.provisioning_script}")
         try:
             data = fetch(settings.provisioning_script, "PROVISIONING_SCRIPT")
         except RuntimeError as exc:
+            if not force and last.get("script") == settings.provisioning_script and all(
+                    last.get(k) == v for k, v in (("manifest", settings.provisioning_manifest),
+                                                  ("manifest_sha256", record["manifest_sha256"]))):
+                say(f"WARNING: {exc}. It succeeded at {last.get('ended_at')} and cannot be checked for changes "
+                    "now: not run again (POST /api/provisioning/rerun to force)")
+                record.update(status="skipped", skipped=True, steps=[], script_sha256=last.get("script_sha256"))
+                return 0
             record.update(status="failed", error=str(exc))
             say(f"ERROR: {exc}")
             return 1
@@ -428,7 +480,6 @@ def _run(settings: Settings, record: dict, steps: list[dict], force: bool) -> in
         say(f"script sha256 {record['script_sha256']}")
     else:
         record["script_sha256"] = None
-    last = record.get("last_success") or {}
     if not force and last and all(last.get(k) == v for k, v in (
             ("script", settings.provisioning_script), ("manifest", settings.provisioning_manifest),
             ("script_sha256", record["script_sha256"]), ("manifest_sha256", record["manifest_sha256"]))):
@@ -597,19 +648,23 @@ def public_keys(text: str) -> list[str]:
     return keys
 
 
-def sshd_running() -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() in ("sshd", "sshd-session"):
-                    return True
-            except OSError:
-                pass
+def port_listening(port: int) -> bool:
+    """Whether something listens on TCP `port` here (the platform's sshd, on Vast's SSH launch modes or RunPod)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return True
     return False
 
 
 def ssh_setup(settings: Settings, keys: list[str]) -> Path:
-    """Host key (generated once, kept), authorized_keys (PUBLIC_KEY only) and sshd_config; returns the config."""
+    """Host key (generated once, kept in the workspace), authorized_keys (PUBLIC_KEY only, rewritten at every boot)
+    and sshd_config; returns the config."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     folder = settings.ssh_dir
@@ -623,8 +678,14 @@ def ssh_setup(settings: Settings, keys: list[str]) -> Path:
         render.write_atomic(folder / "ssh_host_ed25519_key.pub", key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + " appliance-host\n")
         log(f"generated the SSH host key {host_key}")
-    render.write_atomic(folder / "authorized_keys", "\n".join(keys) + "\n", mode=0o600)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder, fixed at its build
+    # authorized_keys is derived from PUBLIC_KEY at every boot: kept in the run folder (0700), not on the volume.
+    authorized = settings.ssh_authorized_keys
+    authorized.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    render.write_atomic(authorized, "\n".join(keys) + "\n", mode=0o600)
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder, fixed at its build
+    except OSError as exc:
+        log(f"WARNING: cannot create /run/sshd ({exc.strerror}): sshd may refuse to start")
     import pwd
     user = pwd.getpwuid(os.geteuid()).pw_name
     config = folder / "sshd_config"
@@ -632,7 +693,10 @@ def ssh_setup(settings: Settings, keys: list[str]) -> Path:
         f"# {render.MARKER} from PUBLIC_KEY at every boot; do not edit",
         f"Port {settings.ssh_port}",
         f"HostKey {host_key}",
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+        f"AuthorizedKeysFile {authorized}",
+        # The appliance writes the keys itself (0600, in a 0700 folder). With StrictModes, sshd would refuse
+        # them whenever a parent folder is group/world-writable (a 0777 /workspace, /tmp under `make run`).
+        "StrictModes no",
         f"AllowUsers {user}",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -660,8 +724,9 @@ def ssh_program(settings: Settings) -> render.Program | None:
     except ValueError as exc:
         log(f"ERROR: {exc}; no sshd is started")
         return None
-    if sshd_running():
-        log("PUBLIC_KEY is set but an sshd already runs (the platform's): the appliance starts none")
+    if port_listening(settings.ssh_port):
+        log(f"PUBLIC_KEY is set but port {settings.ssh_port} is already served (the platform's sshd): "
+            "the appliance starts no sshd of its own")
         return None
     config = ssh_setup(settings, keys)
     sshd = sshd_binary()

@@ -37,6 +37,7 @@ class Program:
     stopwaitsecs: int = 20
     priority: int = 500
     note: str = "do not edit: changes are lost at the next boot"
+    directory: str | None = None  # working folder; None: the appliance's home
 
 
 @dataclass
@@ -94,7 +95,7 @@ def supervisord_conf(settings: Settings, python: str) -> str:
 def program_conf(settings: Settings, program: Program) -> str:
     return _templates(settings).get_template("supervisor/program.conf.j2").render(
         p=program, marker=MARKER, note=program.note, command=command_line(program.argv),
-        environment=environment_line(program.environment), directory=supervisor_escape(str(settings.home)),
+        environment=environment_line(program.environment), directory=supervisor_escape(program.directory or str(settings.home)),
         logfile=supervisor_escape(str(settings.log_dir / f"{program.name}.log")))
 
 

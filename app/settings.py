@@ -171,8 +171,13 @@ class Settings(BaseSettings):
 
     @property
     def ssh_dir(self) -> Path:
-        """sshd's config, host keys (generated once) and authorized_keys."""
+        """sshd's config and host key (generated once, kept); authorized_keys is in run_dir."""
         return self.state_dir / "ssh"
+
+    @property
+    def ssh_authorized_keys(self) -> Path:
+        """PUBLIC_KEY's keys for the appliance's sshd, rewritten at every boot (not kept on the volume)."""
+        return self.run_dir / "ssh_authorized_keys"
 
     @property
     def hf_home(self) -> Path:

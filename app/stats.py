@@ -29,11 +29,26 @@ def owner(pid: int, engines: dict[int, str]) -> str | None:
     return None
 
 
-def snapshot(workspace: Path, sampler: gpu.Sampler, engines: dict[int, str]) -> dict:
+def foreign(pid: int) -> bool:
+    """A pid from another pid namespace: NVML in a container reports the host's pids, unknown to /proc here."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def snapshot(workspace: Path, sampler: gpu.Sampler, engines: dict[int, str],
+             holders: dict[int, str] | None = None) -> dict:
+    """`engines`: engine pid -> instance; `holders`: GPU index -> the instance holding it alone, the owner of
+    processes whose pids are foreign (the appliance in a container)."""
+    holders = holders or {}
     disk = shutil.disk_usage(workspace)
-    gpus = [{**g, "processes": [{**p, "instance": owner(p["pid"], engines)} for p in g["processes"]],
-             "instances": sorted({owner(p["pid"], engines) for p in g["processes"]} - {None})}
-            for g in sampler.latest]
+
+    def instance(index: int, pid: int) -> str | None:
+        return owner(pid, engines) or (holders.get(index) if foreign(pid) else None)
+
+    gpus = []
+    for g in sampler.latest:
+        processes = [{**p, "instance": instance(g["index"], p["pid"])} for p in g["processes"]]
+        gpus.append({**g, "processes": processes,
+                     "instances": sorted({p["instance"] for p in processes} - {None})})
     return {
         "host": {"load": os.getloadavg(), "cpu_count": os.cpu_count(), "memory": memory(),
                  "disk": {"path": str(workspace), "total": disk.total, "used": disk.used, "free": disk.free}},

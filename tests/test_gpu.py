@@ -86,3 +86,85 @@ def test_gpus_become_cuda_visible_devices_and_the_parallel_size(monkeypatch, tmp
     off = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path), USE_ALL_GPUS="false"),
                          InstanceConfig(id="vllm", model="m", port=18000), gpu_count=4)
     assert "--tensor-parallel-size" not in off.argv
+
+
+def test_a_swap_waits_only_for_the_gpu_processes_of_the_engine_it_stops(monkeypatch, tmp_path):
+    fake = FakeNVML(1).install(monkeypatch)
+    engine = subprocess.Popen(["python3", "-c", "import subprocess; subprocess.run(['sleep', '30'])"])
+    neighbour = subprocess.Popen(["sleep", "30"])  # another instance sharing the GPU
+    try:
+        time.sleep(0.3)
+        worker = int(subprocess.run(["pgrep", "-P", str(engine.pid)], capture_output=True, text=True).stdout.split()[0])
+        fake.devices[0]["processes"] = [worker, neighbour.pid]
+        manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
+        monkeypatch.setattr(manager.supervisor, "info", lambda name: {"pid": engine.pid})
+        previous = InstanceConfig(id="a", model="m", port=18001, gpus=[0], share_gpus=True)
+        assert manager._gpu_pids("a", previous) == {worker}
+        assert manager._gpu_pids("a", None) == set()  # nothing ran before
+        os.kill(worker, 9)
+    finally:
+        engine.kill()
+        neighbour.kill()
+
+
+def test_an_empty_gpu_list_means_no_gpu_and_no_parallel_size(tmp_path):
+    from app import engine
+    program = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path)), InstanceConfig(id="a", model="m", port=18001, gpus=[]),
+                             gpu_count=4)
+    assert program.environment["CUDA_VISIBLE_DEVICES"] == "" and "--tensor-parallel-size" not in program.argv
+
+
+def foreign_pid() -> int:
+    """A pid no process here can have: what NVML reports for an engine when the appliance runs in a container."""
+    return int(open("/proc/sys/kernel/pid_max").read()) + 1000
+
+
+def test_in_a_container_a_swap_waits_for_the_foreign_pids_on_gpus_the_engine_held_alone(monkeypatch, tmp_path):
+    fake = FakeNVML(2).install(monkeypatch)
+    engine = subprocess.Popen(["sleep", "30"])
+    host_pid = foreign_pid()
+    try:
+        fake.devices[0]["processes"] = [host_pid]
+        manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
+        monkeypatch.setattr(manager.supervisor, "info", lambda name: {"pid": engine.pid})
+        alone = InstanceConfig(id="a", model="m", port=18001, gpus=[0])
+        assert manager._gpu_pids("a", alone) == {host_pid}
+        # on a shared GPU a foreign pid may be the neighbour's: not waited for
+        assert manager._gpu_pids("a", alone.model_copy(update={"share_gpus": True})) == set()
+        assert manager._gpu_pids("a", alone.model_copy(update={"gpus": [1]})) == set()  # nothing on GPU 1
+        threading.Timer(0.3, lambda: fake.devices[0].update(processes=[])).start()
+        assert gpu.wait_released({host_pid}, timeout=5)
+    finally:
+        engine.kill()
+
+
+def test_in_a_container_stats_name_the_instance_holding_the_gpu_for_foreign_pids(monkeypatch, tmp_path):
+    fake = FakeNVML(2).install(monkeypatch)
+    host_pid, local = foreign_pid(), os.getpid()
+    fake.devices[0]["processes"] = [host_pid]
+    fake.devices[1]["processes"] = [host_pid + 1, local]
+    sampler = gpu.Sampler()
+    sampler.sample()
+    snapshot = stats.snapshot(tmp_path, sampler, {}, {0: "vllm", 1: "second"})
+    first, second = snapshot["gpus"]
+    assert [p["instance"] for p in first["processes"]] == ["vllm"] and first["instances"] == ["vllm"]
+    # a local process that is no engine (e.g. a notebook) is nobody's, even on a held GPU
+    assert [p["instance"] for p in second["processes"]] == ["second", None]
+    assert stats.snapshot(tmp_path, sampler, {})["gpus"][0]["instances"] == []  # held by nobody: no owner
+
+
+def test_gpu_holders_are_running_instances_that_do_not_share(monkeypatch, tmp_path):
+    from app import state
+    FakeNVML(3).install(monkeypatch)
+    settings = Settings(APPLIANCE_ROOT=str(tmp_path))
+    settings.state_dir.mkdir(parents=True)
+    saved = state.load(settings)
+    saved.instances = {c.id: c for c in (
+        InstanceConfig(id="vllm", model="m", port=18000, gpus=[0]),
+        InstanceConfig(id="b", model="m", port=18001, gpus=[1], share_gpus=True),
+        InstanceConfig(id="c", model="m", port=18002, gpus=[2]))}
+    state.save(settings, saved)
+    manager = Manager(settings)
+    for name in ("vllm", "b"):
+        manager.runtime[name].set("ready")
+    assert manager.gpu_holders() == {0: "vllm"}  # b shares, c is stopped

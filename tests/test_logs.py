@@ -63,3 +63,17 @@ def test_follow_yields_new_lines_with_resumable_offsets(tmp_path):
     with path.open("ab") as handle:
         handle.write(b"three\n")
     assert asyncio.run(collect(8, 1)) == ["id: 14\ndata: three\n\n"]
+
+
+def test_follow_without_an_offset_starts_at_a_whole_line_near_the_end(tmp_path):
+    path = tmp_path / "x.log"
+    lines = [f"line {n:05d}".encode() for n in range(2000)]  # 11 bytes each with its newline
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    async def first():
+        async for event in logs.follow(path, None, poll=0.01):
+            return event
+    event = asyncio.run(first())
+    offset, data = int(event.split("\n")[0][4:]), event.split("\n")[1][6:]
+    assert data.encode() in lines and path.stat().st_size - offset < 4096
+    assert path.read_bytes()[:offset].endswith(data.encode() + b"\n")

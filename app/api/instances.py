@@ -59,7 +59,7 @@ async def delete_instance(request: Request, instance_id: str):
     return await call(request.app.state.manager.delete(instance_id))
 
 
-def log_response(path, range_header: str | None, offset: int | None) -> Response:
+def log_response(path, range_header: str | None, offset: int | None, *, empty_416: bool = False) -> Response:
     """A log's bytes: all of it (at most 1 MiB, 200), or a Range / offset (206); a log not written yet is empty."""
     total = path.stat().st_size if path.exists() else 0
     if offset is not None:
@@ -68,6 +68,8 @@ def log_response(path, range_header: str | None, offset: int | None) -> Response
         start, end, partial = logs.byte_range(range_header, total)
     except logs.RangeError as exc:
         headers = {"Content-Range": f"bytes */{exc.total}"} if exc.status == 416 else {}
+        if empty_416 and exc.status == 416:  # the llm-d contract: an empty body
+            return Response(b"", status_code=416, headers=headers)
         return error(exc.status, exc.message, **headers)
     headers = {"Accept-Ranges": "bytes", "X-Log-Size": str(total)}
     if partial:
@@ -119,7 +121,8 @@ def stream_log(request: Request, name: str, offset: int | None = Query(None, ge=
 def get_stats(request: Request) -> dict:
     manager = request.app.state.manager
     engines = {rt.pid: name for name, rt in manager.runtime.items() if rt.pid}
-    return stats.snapshot(request.app.state.settings.workspace, request.app.state.sampler, engines)
+    return stats.snapshot(request.app.state.settings.workspace, request.app.state.sampler, engines,
+                          manager.gpu_holders())
 
 
 @router.get("/services")

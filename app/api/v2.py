@@ -134,4 +134,5 @@ def get_log(request: Request, instance_id: str, range: str | None = Header(None)
     if instance_id not in request.app.state.manager.known():
         return error(404, f"instance {instance_id!r} not found")
     path = logs.find(request.app.state.settings.log_dir, instance_id)
-    return log_response(path or request.app.state.settings.log_dir / f"{instance_id}.log", range, None)
+    return log_response(path or request.app.state.settings.log_dir / f"{instance_id}.log", range, None,
+                        empty_416=True)

@@ -1,6 +1,7 @@
 """What survives: the manager killed mid-swap, and the whole appliance restarted on the same root."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -46,3 +47,25 @@ def test_the_api_choice_survives_a_restart_until_the_environment_changes(boot):
     with app.client() as client:
         assert served(app, client) == ["acme/new-env"]
         assert sorted(i["id"] for i in client.get(app.portal_url("/api/instances")).json()) == ["extra", "vllm"]
+
+
+def test_a_config_saved_but_not_applied_before_the_manager_died_is_applied_when_it_is_back(boot):
+    app = boot({"VLLM_MODEL": "acme/first"})
+    with app.client(timeout=30) as client:
+        assert put(app, client, "extra", model="acme/extra", wait=True).json()["result"] == "ready"
+        # As if the manager died right after saving a swap of `vllm` and a delete of `extra`, before telling supervisor.
+        file = app.root / "workspace/.appliance/instances.json"
+        saved = json.loads(file.read_text())
+        saved["instances"]["vllm"]["model"] = "acme/saved-only"
+        del saved["instances"]["extra"]
+        (file.parent / "next.json").write_text(json.dumps(saved))
+        (file.parent / "next.json").replace(file)
+        os.kill(int(app.supervisorctl("pid", "manager").stdout), signal.SIGKILL)
+        app.wait_portal()
+        wait_for(lambda: client.get(app.api_url("/v1/models")).status_code == 200
+                 and served(app, client) == ["acme/saved-only"], 30)
+        assert [i["id"] for i in client.get(app.portal_url("/api/instances")).json()] == ["vllm"]
+        assert not (app.root / "etc/supervisor/conf.d/extra.conf").exists()
+        assert "extra" not in app.supervisorctl("status").stdout
+        assert "/instances/extra/" not in (app.root / "etc/caddy/instances.caddy").read_text()
+    assert len(engines(app)) == 1

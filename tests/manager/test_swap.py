@@ -88,6 +88,15 @@ def test_without_rollback_a_failure_leaves_the_instance_failed(api):
     ("vllm", {"model": "acme/x", "timeout": 0}, "greater than 0"),
     ("vllm", {"args": []}, "model"),
     ("Not_An_Id", {"model": "acme/x"}, "instance id"),
+    ("vllm", {"model": "acme/x", "modle": "typo"}, "Extra inputs are not permitted"),
+    ("vllm", {"model": "acme/x", "args": ["--port", "9"]}, "give the port as `port`"),
+    ("vllm", {"model": "acme/x", "args": ["--host=0.0.0.0"]}, "127.0.0.1 only"),
+    ("vllm", {"model": "acme/x", "args": ["--model", "y"]}, "give the model as `model`"),
+    ("vllm", {"model": "acme/x", "port": 9999}, "leave `port` out"),
+    ("vllm", {"model": "acme/x", "gpus": [0]}, "no NVIDIA GPU here"),
+    ("vllm", {"model": "acme/x", "gpus": [-1]}, "distinct GPU indices"),
+    ("vllm", {"model": "acme/x", "env": {"X": "100%(here)s"}}, "'%('"),
+    ("other", {"model": "acme/x", "port": 80}, "greater than or equal to 1024"),
 ])
 def test_bad_input_gets_a_4xx_with_a_message_and_touches_nothing(api, instance, body, message):
     appliance, client = api
@@ -122,13 +131,63 @@ def test_a_second_instance_gets_its_own_port_and_route_and_goes_away_on_delete(a
     assert client.get(appliance.api_url("/instances/second/v1/models")).status_code == 404
 
 
+def test_a_port_of_the_appliance_is_refused_with_409(api):
+    appliance, client = api
+    before = fingerprint(appliance)
+    for port in (appliance.portal_internal, appliance.api_port):
+        response = put(appliance, client, "other", model="acme/x", port=port)
+        assert response.status_code == 409 and f"port {port} is the" in response.text
+    assert fingerprint(appliance) == before
+
+
+def test_new_instances_created_at_once_get_distinct_ports(api):
+    appliance, client = api
+    names = [f"par-{n}" for n in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda n: put(appliance, client, n, model=f"acme/{n}").json(), names))
+    assert len({a["port"] for a in answers}) == 4, answers
+    for name in names:
+        wait_for(lambda: client.get(appliance.portal_url(f"/api/instances/{name}")).json()["state"] == "ready")
+        assert served(appliance, client, f"/instances/{name}") == [f"acme/{name}"]
+    clash = put(appliance, client, "par-x", model="acme/x", port=answers[0]["port"])
+    assert clash.status_code == 409 and "instance 'par-0'" in clash.text
+    for name in names:
+        assert client.delete(appliance.portal_url(f"/api/instances/{name}")).status_code == 200
+
+
+def test_a_caddy_reload_keeps_a_stream_in_flight(api):
+    appliance, client = api
+    body = {"model": served(appliance, client)[0], "stream": True, "max_tokens": 40,
+            "messages": [{"role": "user", "content": "one two three four five six seven eight nine ten eleven"}]}
+    # a slow stream (16 tokens, 0.4 s apart) to the default instance, while an instance is added (Caddy reloads)
+    assert put(appliance, client, "vllm", model=body["model"], env={"FAKE_VLLM_TOKEN_DELAY": "0.4"},
+               wait=True).json()["result"] == "ready"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        def stream():
+            with client.stream("POST", appliance.api_url("/v1/chat/completions"), json=body) as response:
+                return response.status_code, [line for line in response.iter_lines() if line.startswith("data:")]
+        future = pool.submit(stream)
+        time.sleep(0.5)
+        assert put(appliance, client, "reloader", model="acme/reloader", wait=True).json()["result"] == "ready"
+        assert not future.done()  # the reload happened while the stream was open
+        status, events = future.result(timeout=60)
+    assert status == 200 and events[-1] == "data: [DONE]" and len(events) >= 16
+    assert client.delete(appliance.portal_url("/api/instances/reloader")).status_code == 200
+    assert put(appliance, client, "vllm", model=body["model"], wait=True).json()["result"] == "ready"
+
+
 def test_stop_and_start(api):
     appliance, client = api
+    restarts = client.get(appliance.portal_url("/api/instances/vllm")).json()["restarts"]
     assert client.post(appliance.portal_url("/api/instances/vllm/stop")).json()["state"] == "stopped"
     assert client.get(appliance.api_url("/v1/models")).status_code == 502
     client.post(appliance.portal_url("/api/instances/vllm/start"))
     wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
     assert client.get(appliance.api_url("/v1/models")).status_code == 200
+    assert client.post(appliance.portal_url("/api/instances/vllm/restart")).status_code == 200
+    wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
+    time.sleep(1.5)  # a monitor round
+    assert client.get(appliance.portal_url("/api/instances/vllm")).json()["restarts"] == restarts  # asked for: no crash
 
 
 def test_concurrent_swaps_are_serialised_and_the_last_accepted_wins(api):

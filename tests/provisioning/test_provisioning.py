@@ -1,7 +1,7 @@
 """Provisioning with the real appliance (supervisord, Caddy, manager): scripts, manifests, ordering, the API."""
 from __future__ import annotations
 
-import os
+import json
 import time
 
 from tests.appliance import REPO
@@ -34,6 +34,18 @@ def wait_done(app, timeout: float = 60) -> dict:
 def started_ticks(stat: str) -> int:
     """A process's start time in clock ticks since the machine booted (/proc/PID/stat field 22)."""
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def wait_instance(app, ready, name: str = "vllm", timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.client() as client:
+            view = next((i for i in client.get(app.portal_url("/api/instances")).json() if i["id"] == name), None)
+        if view and ready(view):
+            return view
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"instance {name}: {view}")
+        time.sleep(0.3)
 
 
 def restart(app) -> None:
@@ -122,24 +134,37 @@ apps:
     from tests.appliance import free_port
     port, ext = free_port(), free_port()
     manifest.write_text(manifest.read_text().replace("{port}", str(port)).replace("{ext}", str(ext)))
-    script = tmp_path / "slow.sh"
-    script.write_text('test -d "$HF_HOME/hub/models--acme--tiny-chat"; cp /proc/$$/stat "$WORKSPACE/prov-stat"; sleep 3\n')
+    script = tmp_path / "gated.sh"  # ends when the test creates $WORKSPACE/go
+    script.write_text('test -d "$HF_HOME/hub/models--acme--tiny-chat"\n'
+                      'for i in $(seq 300); do [ -e "$WORKSPACE/go" ] && break; sleep 0.1; done\n'
+                      'cat /proc/self/stat > "$WORKSPACE/prov-end"\n')  # its last process: its start time
     app = boot({"PROVISIONING_MANIFEST": str(manifest), "PROVISIONING_SCRIPT": str(script),
                 "VLLM_MODEL": "acme/tiny-chat", "HF_ENDPOINT": loopback.url}, wait_engine=False)
     conf = (app.root / "etc/supervisor/conf.d/vllm.conf").read_text()
     assert "autostart=false" in conf
-    record = __import__("json").loads((app.root / "workspace/.appliance/provisioning.json").read_text())
+    assert f"directory={app.root / 'workspace'}" in (app.root / "etc/supervisor/conf.d/extra.conf").read_text()
+    record = json.loads((app.root / "workspace/.appliance/provisioning.json").read_text())
     assert record["engine_env"] == {"FROM_MANIFEST": "hello"}  # for engine.environment (the manager's renders)
     doc = provisioning(app)
     assert doc["pending"] and set(doc["waiting"]) == {"vllm", "extra"}, doc
     assert states(app)["vllm"] == "STOPPED" and states(app)["extra"] == "STOPPED"
+    vllm = wait_instance(app, lambda i: i["state"] == "waiting")  # the manager's instance state says so
+    assert "waiting for provisioning" in vllm["reason"]
+    deadline = time.monotonic() + 30
+    while provisioning(app)["steps"][-1]["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doc = provisioning(app)
+    assert [(s["name"], s["status"]) for s in doc["steps"]] == [
+        ("files", "succeeded"), ("models", "succeeded"), ("script", "running")], doc
+    assert states(app)["vllm"] == "STOPPED"  # still waiting, with the model already in the cache
+    (app.root / "workspace/go").touch()
     doc = wait_done(app)
     assert doc["status"] == "succeeded", (doc, app.log("provisioning"))
-    assert [s["name"] for s in doc["steps"]] == ["files", "models", "script"]
     app.wait_engine()
-    script_started = started_ticks((app.root / "workspace/prov-stat").read_text())
-    engine_started = started_ticks(open(f"/proc/{int(app.supervisorctl('pid', 'vllm').stdout)}/stat").read())
-    assert engine_started - script_started >= 3 * os.sysconf("SC_CLK_TCK")  # after the script's `sleep 3`
+    assert wait_instance(app, lambda i: i["state"] == "ready")
+    provisioning_ended = started_ticks((app.root / "workspace/prov-end").read_text())
+    engine_pid = int(app.supervisorctl("pid", "vllm").stdout)
+    assert started_ticks(open(f"/proc/{engine_pid}/stat").read()) >= provisioning_ended
     assert "starting vllm, which waited for provisioning" in app.log("provisioning")
     log = app.log("provisioning")
     assert "Fetching 2 files" in log  # huggingface_hub's progress, in the log the portal shows
@@ -170,3 +195,44 @@ def test_a_bad_manifest_runs_nothing_and_says_which_keys(boot, tmp_path):
     assert not marker.exists()
     assert "line 3: pip.1:" in doc["error"] and "line 4: model: unknown key" in doc["error"]
     assert "line 3: pip.1" in app.log("provisioning") and "line 4: model" in app.output()
+
+
+def test_an_unreachable_url_after_a_success_keeps_the_success(boot, loopback):
+    loopback.files["hello.sh"] = (EXAMPLES / "hello.sh").read_bytes()
+    app = boot({"PROVISIONING_SCRIPT": f"{loopback.url}/files/hello.sh"})
+    assert wait_done(app)["status"] == "succeeded"
+    del loopback.files["hello.sh"]  # gone (404) at the next boot: the earlier success stands, nothing runs
+    restart(app)
+    doc = wait_done(app)
+    assert doc["status"] == "skipped" and doc["exit_code"] == 0, doc
+    assert "cannot be checked for changes" in app.log("provisioning")
+    with app.client() as client:  # but a forced re-run needs the script, and says why it failed
+        assert client.post(app.portal_url("/api/provisioning/rerun")).status_code == 202
+    deadline = time.monotonic() + 30
+    while provisioning(app)["status"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    doc = provisioning(app)
+    assert doc["status"] == "failed" and "HTTP 404" in doc["error"], doc
+
+
+def test_provisioning_stopped_midway_is_recorded_and_runs_again_next_boot(boot, tmp_path):
+    script = tmp_path / "long.sh"
+    script.write_text('echo started >> "$WORKSPACE/long.runs"; sleep 60\n')
+    app = boot({"PROVISIONING_SCRIPT": str(script), "VLLM_MODEL": "acme/tiny-chat"}, wait_engine=False)
+    deadline = time.monotonic() + 30
+    while not (app.root / "workspace/long.runs").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with app.client() as client:  # the rerun refuses while it runs
+        answer = client.post(app.portal_url("/api/provisioning/rerun"))
+        assert answer.status_code == 409 and "running" in answer.json()["detail"]
+    app.supervisorctl("stop", "provisioning")
+    doc = provisioning(app)
+    assert doc["status"] == "failed" and doc["exit_code"] == 143 and "stopped by signal 15" in doc["error"], doc
+    assert doc["steps"][0]["status"] == "failed" and not doc["pending"]
+    app.wait_engine()  # provisioning ended: the engine that waited starts
+    app.stop()
+    app.start(wait_engine=False)  # the engine waits again, for this run
+    deadline = time.monotonic() + 30
+    while len((app.root / "workspace/long.runs").read_text().split()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (app.root / "workspace/long.runs").read_text().split() == ["started", "started"]

@@ -105,7 +105,8 @@ def test_sshd_config_accepts_only_public_key_and_keeps_the_host_key(tmp_path):
     config = provisioning.ssh_setup(s, provisioning.public_keys(s.public_key))
     text = config.read_text()
     assert "Port 2222" in text and "PasswordAuthentication no" in text and "KbdInteractiveAuthentication no" in text
-    assert (s.ssh_dir / "authorized_keys").read_text() == KEY + "\n"
+    assert s.ssh_authorized_keys.read_text() == KEY + "\n" and "StrictModes no" in text
+    assert stat.S_IMODE(s.ssh_authorized_keys.stat().st_mode) == 0o600
     host_key = (s.ssh_dir / "ssh_host_ed25519_key").read_bytes()
     assert stat.S_IMODE((s.ssh_dir / "ssh_host_ed25519_key").stat().st_mode) == 0o600
     assert stat.S_IMODE(s.ssh_dir.stat().st_mode) == 0o700
