@@ -25,11 +25,13 @@ def saved_token(settings) -> str:
 def page(request: Request, name: str) -> HTMLResponse:
     settings = request.app.state.settings
     _, apps = portal_config.load(settings.portal_yaml) if settings.portal_yaml.exists() else ("", [])
-    api, own = portal_config.find(apps, "vLLM"), portal_config.find(apps, "Instance Portal")
+    api, own = portal_config.find(apps, "vLLM"), portal_config.find(apps, portal_config.PORTAL_NAME)
     # The Apps page may need the token: behind a proxy that puts the port in the host name
     # (RunPod: https://<pod>-8000.proxy.runpod.net) the cookie of this host does not reach the other ports,
     # so links to them carry ?token= (Caddy sets the cookie there and drops it from the address).
-    token = saved_token(settings) if name == "apps" and settings.enable_auth else ""
+    # Never on a portal left open (AUTH_EXCLUDE): the page would hand the token to anyone.
+    guarded = settings.enable_auth and own is not None and own.external_port not in settings.auth_excluded_ports
+    token = saved_token(settings) if name == "apps" and guarded else ""
     response = templates.TemplateResponse(request, f"{name}.html", {
         "page": name, "pages": PAGES, "box": socket.gethostname(), "apps": apps, "token": token,
         "api_port": api.external_port if api else None, "portal_port": own.external_port if own else None,

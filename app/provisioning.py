@@ -546,8 +546,12 @@ def rerun(settings: Settings) -> dict:
     info = supervisor.info(PROGRAM)
     if info is None:
         raise LookupError("the program `provisioning` is not loaded; restart the appliance")
-    if info["statename"] in ("STARTING", "RUNNING"):
-        raise RuntimeError("provisioning is running already")
+    deadline = time.monotonic() + 5  # a run that has saved its outcome may still be exiting
+    while info["statename"] in ("STARTING", "RUNNING"):
+        if load_record(settings).get("status") in ("pending", "running") or time.monotonic() > deadline:
+            raise RuntimeError("provisioning is running already")
+        time.sleep(0.1)
+        info = supervisor.info(PROGRAM) or info
     record = load_record(settings)
     record.update(force=True, status="pending", deferred=[])
     save_record(settings, record)

@@ -258,7 +258,7 @@ let drawPending = false;
 function scheduleDraw() {  // a busy log redraws once per frame, not once per line
   if (drawPending) return;
   drawPending = true;
-  requestAnimationFrame(() => { drawPending = false; drawLog(); });
+  requestAnimationFrame(() => { drawPending = false; if (!logView.paused) drawLog(); });  // Pause holds from the click on
 }
 async function readRange(name, start, end) {  // bytes start..end (inclusive) of a log, by HTTP Range
   const response = await fetch(`/api/logs/${encodeURIComponent(name)}`, { headers: { Range: `bytes=${start}-${end}` } });

@@ -316,7 +316,8 @@ def test_every_page_fits_a_phone(portal):
                         ("/services", "#services tr"), ("/apps", "a.app")):
         page.goto(app.portal_url(path))
         page.wait_for_selector(ready)
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), path  # no sideways scroll
+        # against the device width: with is_mobile the layout viewport (innerWidth) grows to fit content too wide
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path  # no sideways scroll
         for link in ("Overview", "Models", "Logs", "Services", "Apps"):
             assert page.locator(f"nav a:has-text('{link}')").is_visible()
         name = {"/": "overview", "/models": "models"}.get(path)

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -144,13 +143,30 @@ def test_every_button_is_reachable_at_phone_width(portal):
                         ("/services", "#services tr button"), ("/apps", "a.app")):
         page.goto(app.portal_url(path))
         page.wait_for_selector(ready)
+        # innerWidth is no measure here: a mobile browser widens the layout viewport to fit content that is too
+        # wide (and zooms out), so compare with the device's 390 px
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path}: wider than the phone"
         clipped = page.evaluate("""() => [...document.querySelectorAll('main button, main a.button, main a.app, nav a')]
             .filter(e => e.offsetParent !== null)
             .filter(e => { const r = e.getBoundingClientRect(); const x = r.left + r.width / 2, y = r.top + r.height / 2;
-                           if (r.left < 0 || r.right > window.innerWidth + 1) return true;
+                           if (r.left < 0 || r.right > 391) return true;
                            e.scrollIntoView({ block: 'center' });
                            const s = e.getBoundingClientRect(), hit = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2);
                            return !(hit && (hit === e || e.contains(hit))); })
             .map(e => e.textContent.trim() + ' ' + (e.closest('[data-id],[data-name]')?.dataset.id || e.closest('[data-name]')?.dataset.name || ''))""")
         assert not clipped, f"{path}: cut off or covered at 390 px: {clipped}"
     phone.close()
+
+
+def test_a_portal_left_open_by_auth_exclude_never_shows_the_token(boot):
+    app = boot({"VLLM_MODEL": ""}, wait_engine=False)
+    with app.client() as client:
+        assert f'data-token="{app.token}"' in client.get(app.portal_url("/apps")).text  # logged in: the Apps page has it
+        assert client.get(app.portal_url("/apps")).headers["cache-control"] == "no-store"
+        assert app.token not in client.get(app.portal_url("/models")).text
+    open_portal = boot({"VLLM_MODEL": ""}, start=False)  # its ports are known once it exists
+    open_portal.env["AUTH_EXCLUDE"] = str(open_portal.portal_port)
+    open_portal.start(wait_engine=False)
+    with open_portal.client(auth=False) as anonymous:
+        page = anonymous.get(open_portal.portal_url("/apps"))
+        assert page.status_code == 200 and open_portal.token not in page.text

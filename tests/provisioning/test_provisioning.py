@@ -48,6 +48,25 @@ def wait_instance(app, ready, name: str = "vllm", timeout: float = 30) -> dict:
         time.sleep(0.3)
 
 
+def _eventually(read, texts, timeout: float) -> str:
+    """supervisord copies a program's output to its log asynchronously: the record may be saved first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read()
+        if all(t in text for t in texts) or time.monotonic() > deadline:
+            assert all(t in text for t in texts), (texts, text[-3000:])
+            return text
+        time.sleep(0.2)
+
+
+def in_log(app, *texts: str, timeout: float = 10) -> str:
+    return _eventually(lambda: app.log("provisioning"), texts, timeout)
+
+
+def in_output(app, *texts: str, timeout: float = 10) -> str:
+    return _eventually(app.output, texts, timeout)
+
+
 def restart(app) -> None:
     app.stop()
     app.start()
@@ -63,8 +82,8 @@ def test_script_from_url_runs_once_then_only_when_changed(boot, loopback):
     assert doc["log"].endswith("provisioning.log")
     runs = app.root / "workspace/provisioned/hello.runs"
     assert len(runs.read_text().splitlines()) == 1
-    assert "hello from the provisioning script" in app.log("provisioning")
-    assert "provisioning | " in app.output()  # live in docker logs / the portal's log stream too
+    in_log(app, "hello from the provisioning script")
+    in_output(app, "provisioning | ")  # live in docker logs / the portal's log stream too
     with app.client(auth=False) as client:  # behind auth like every route
         assert client.get(app.portal_url("/api/provisioning")).status_code == 401
 
@@ -72,7 +91,7 @@ def test_script_from_url_runs_once_then_only_when_changed(boot, loopback):
     doc = wait_done(app)
     assert doc["status"] == "skipped", doc
     assert len(runs.read_text().splitlines()) == 1
-    assert "not run again" in app.log("provisioning")
+    in_log(app, "not run again")
 
     loopback.files["hello.sh"] += b"echo changed\n"  # changed: runs
     restart(app)
@@ -92,7 +111,7 @@ def test_a_flaky_download_is_retried(boot, loopback):
     loopback.fail_first["/files/hello.sh"] = 2
     app = boot({"PROVISIONING_SCRIPT": f"{loopback.url}/files/hello.sh"})
     assert wait_done(app)["status"] == "succeeded"
-    assert "retrying in" in app.log("provisioning")
+    in_log(app, "retrying in")
     assert loopback.hits[("GET", "/files/hello.sh")] == 3
 
 
@@ -103,7 +122,7 @@ def test_failing_script_from_a_path_keeps_the_portal_and_engine_and_is_retried(b
     doc = wait_done(app)
     assert doc["status"] == "failed" and doc["exit_code"] == 3, doc
     assert doc["steps"][0]["status"] == "failed" and "exited with 3" in doc["error"]
-    assert "about to fail" in app.log("provisioning") and "FAILED (exit code 3)" in app.log("provisioning")
+    in_log(app, "about to fail", "FAILED (exit code 3)")
     app.wait_engine()  # the engine still starts after a failure
     assert states(app)["provisioning"] == "EXITED"
 
@@ -111,7 +130,7 @@ def test_failing_script_from_a_path_keeps_the_portal_and_engine_and_is_retried(b
     restart(app)
     doc = wait_done(app)
     assert doc["status"] == "succeeded", doc
-    assert "fixed" in app.log("provisioning")
+    in_log(app, "fixed")
 
 
 def test_engine_waits_for_provisioning_which_downloads_its_model_once(boot, loopback, tmp_path):
@@ -165,8 +184,7 @@ apps:
     provisioning_ended = started_ticks((app.root / "workspace/prov-end").read_text())
     engine_pid = int(app.supervisorctl("pid", "vllm").stdout)
     assert started_ticks(open(f"/proc/{engine_pid}/stat").read()) >= provisioning_ended
-    assert "starting vllm, which waited for provisioning" in app.log("provisioning")
-    log = app.log("provisioning")
+    log = in_log(app, "starting vllm, which waited for provisioning")
     assert "Fetching 2 files" in log  # huggingface_hub's progress, in the log the portal shows
     snapshot = app.root / "workspace/huggingface/hub/models--acme--tiny-chat/snapshots"
     assert any(snapshot.glob("*/model.safetensors"))
@@ -194,7 +212,8 @@ def test_a_bad_manifest_runs_nothing_and_says_which_keys(boot, tmp_path):
     assert doc["status"] == "failed" and doc["exit_code"] == 2, doc
     assert not marker.exists()
     assert "line 3: pip.1:" in doc["error"] and "line 4: model: unknown key" in doc["error"]
-    assert "line 3: pip.1" in app.log("provisioning") and "line 4: model" in app.output()
+    in_log(app, "line 3: pip.1")
+    in_output(app, "line 4: model")
 
 
 def test_an_unreachable_url_after_a_success_keeps_the_success(boot, loopback):
@@ -205,7 +224,7 @@ def test_an_unreachable_url_after_a_success_keeps_the_success(boot, loopback):
     restart(app)
     doc = wait_done(app)
     assert doc["status"] == "skipped" and doc["exit_code"] == 0, doc
-    assert "cannot be checked for changes" in app.log("provisioning")
+    in_log(app, "cannot be checked for changes")
     with app.client() as client:  # but a forced re-run needs the script, and says why it failed
         assert client.post(app.portal_url("/api/provisioning/rerun")).status_code == 202
     deadline = time.monotonic() + 30
