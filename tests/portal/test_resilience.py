@@ -5,7 +5,6 @@ copy. Same browser set-up as test_pages.py: Debian's chromium driven by playwrig
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -15,9 +14,7 @@ import pytest
 from tests.appliance import Appliance
 
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
+from tests.portal.test_pages import ARGS, CHROMIUM  # noqa: E402 (after the playwright import check)
 
 
 @pytest.fixture(scope="module")

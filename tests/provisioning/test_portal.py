@@ -1,7 +1,6 @@
 """Provisioning in the portal (Debian's chromium, driven by playwright): waiting engines, a failure, a re-run."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,9 +8,7 @@ import pytest
 from tests.appliance import REPO
 
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
+from tests.portal.test_pages import ARGS, CHROMIUM  # noqa: E402 (after the playwright import check)
 
 
 def test_the_portal_shows_waiting_engines_a_failure_and_reruns(boot, tmp_path):
