@@ -52,9 +52,18 @@ def tail_lines(path: Path, count: int) -> list[str]:
     return data.decode(errors="replace").splitlines()[-count:]
 
 
+ROTATED = re.compile(r".+\.log\.[0-9]+")  # supervisor's older parts: vllm.log.1 (newest) .. vllm.log.3
+
+
 def listing(folder: Path) -> list[dict]:
-    return [{"name": p.stem, "file": p.name, "size": p.stat().st_size, "modified": p.stat().st_mtime}
-            for p in sorted(folder.glob("*.log"))]
+    """Every log: `vllm` for vllm.log, then its rotated parts by their file names (`vllm.log.1`, ...)."""
+    def part(path: Path) -> tuple[str, int]:
+        base, number = path.name.rsplit(".", 1)
+        return base, int(number)
+
+    files = sorted(folder.glob("*.log")) + sorted((p for p in folder.iterdir() if ROTATED.fullmatch(p.name)), key=part)
+    return [{"name": p.stem if p.suffix == ".log" else p.name, "file": p.name, "size": p.stat().st_size,
+             "modified": p.stat().st_mtime} for p in files]
 
 
 def find(folder: Path, name: str) -> Path | None:

@@ -172,11 +172,8 @@ class Prepared:
 
     def programs(self, settings: Settings, programs: list[render.Program]) -> list[render.Program]:
         """`programs` plus provisioning, sshd and the manifest's; engines held back while provisioning is pending."""
-        engines = set(state.load(settings).instances)
+        engines = set(state.load(settings).instances)  # their env already holds engine_env (engine.environment)
         extra = self.engine_env
-        for p in programs:
-            if p.name in engines:
-                p.environment = {**extra, **p.environment}
         for spec in (self.manifest.programs if self.manifest else []):
             if spec.name in {p.name for p in programs}:
                 log(f"ERROR: the manifest's program {spec.name!r} has the name of an instance; left out")
@@ -211,16 +208,22 @@ class Prepared:
         sshd = ssh_program(settings)
         if sshd:
             programs.append(sshd)
-        record = load_record(settings)
         if self.pending:
-            record.update(status="pending", deferred=deferred)
-        record["engine_env"] = extra
-        save_record(settings, record)
+            save_record(settings, {**load_record(settings), "status": "pending", "deferred": deferred})
         return programs
 
 
 def prepare(settings: Settings) -> Prepared:
-    """Boot hooks, the manifest (validated) and whether provisioning runs this boot. Never raises."""
+    """Boot hooks, the manifest (validated) and whether provisioning runs this boot. Never raises.
+    Saves the env they add to engines first, so `engine.environment` renders engines the same at boot and later."""
+    prepared = read_boot_inputs(settings)
+    record = load_record(settings)
+    record["engine_env"] = prepared.engine_env
+    save_record(settings, record)
+    return prepared
+
+
+def read_boot_inputs(settings: Settings) -> Prepared:
     prepared = Prepared(portal_config=settings.portal_config)
     try:
         prepared.hook_env = run_boot_hooks(settings)

@@ -1,11 +1,16 @@
 """Proxy overhead: requests/s and latency through Caddy (auth, with and without TLS) vs straight to the engine.
 
 The upstream is the stand-in engine; the load generator is wrk (Debian's package).
+Two workloads: `GET /health`, which costs the upstream nothing (so every cycle
+Caddy spends shows), and a streamed chat completion whose tokens arrive at an
+engine's pace. Caddy's CPU time per request is read from /proc.
 Streaming: time to first byte and the gap between chunks of a streamed chat
 completion, through Caddy vs direct.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import statistics
@@ -19,31 +24,48 @@ from tests.appliance import Appliance
 
 CONNECTIONS = [1, 16, 64]
 DURATION = "5s"
+TOKEN_DELAY = 0.01  # the stand-in's gap between streamed tokens, s
+STREAM_TOKENS = 16  # the stand-in replies with at most 16 words
+# wrk posts this streamed chat completion: STREAM_TOKENS tokens, TOKEN_DELAY apart.
+STREAM_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = {body}
+"""
+STREAM_BODY = {"model": "acme/bench", "stream": True, "max_tokens": STREAM_TOKENS,
+               "messages": [{"role": "user", "content": "one two three four five six seven eight " * 8}]}
 
 
-def wrk(url: str, connections: int, token: str) -> tuple[float, float, float]:
-    """requests/s, p50 ms, p99 ms."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, connections: int, token: str, script: Path | None = None) -> tuple[float, float, float, int]:
+    """requests/s, p50 ms, p99 ms, requests completed."""
     out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", DURATION, "--latency",
-                          "-H", f"Authorization: Bearer {token}", url], capture_output=True, text=True, check=True).stdout
+                          "-H", f"Authorization: Bearer {token}", *(["-s", str(script)] if script else []), url],
+                         capture_output=True, text=True, check=True).stdout
+    if re.search(r"Non-2xx or 3xx responses", out):
+        raise SystemExit(f"wrk got error responses from {url}:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
 
     def percentile(p: str) -> float:
         value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-    return rps, percentile("50"), percentile("99")
+    return rps, percentile("50"), percentile("99"), count
 
 
 def stream_timings(appliance: Appliance, url: str, runs: int = 30) -> tuple[float, float]:
     """p50 time to the first event and p50 time to the last event (ms) of a streamed chat completion."""
-    body = {"model": "acme/bench", "stream": True, "max_tokens": 20,
-            "messages": [{"role": "user", "content": "one two three four five six seven eight nine ten " * 2}]}
     firsts, lasts = [], []
     with appliance.client() as client:
         for _ in range(runs):
             started = time.perf_counter()
             arrivals = []
-            with client.stream("POST", url, json=body) as response:
+            with client.stream("POST", url, json=STREAM_BODY) as response:
                 for line in response.iter_lines():
                     if line.startswith("data:"):
                         arrivals.append(time.perf_counter() - started)
@@ -64,29 +86,42 @@ def main() -> None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     rows, stream_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, https in (("Caddy, TLS + auth", True), ("Caddy, plain HTTP + auth", False)):
+        script = Path(tmp) / "stream.lua"
+        script.write_text(STREAM_SCRIPT.format(body=json.dumps(json.dumps(STREAM_BODY))))
+        workloads = [("`GET /health`", "/health", None),
+                     (f"streamed chat, {STREAM_TOKENS} tokens", "/v1/chat/completions", script)]
+        for label, https in (("TLS + auth", True), ("plain HTTP + auth", False)):
             app = Appliance(Path(tmp) / ("https" if https else "http"),
                             {"VLLM_MODEL": str(local_model(Path(tmp))), "VLLM_ARGS": "--served-model-name acme/bench",
-                             "ENABLE_HTTPS": str(https).lower(), "FAKE_VLLM_TOKEN_DELAY": "0.005"})
+                             "ENABLE_HTTPS": str(https).lower(), "FAKE_VLLM_TOKEN_DELAY": str(TOKEN_DELAY)})
             app.start()
             try:
                 direct = f"http://127.0.0.1:{app.api_internal}"
-                for connections in CONNECTIONS:
-                    base = wrk(f"{direct}/health", connections, app.token)
-                    ours = wrk(app.api_url("/health"), connections, app.token)
-                    rows.append([label, connections, f"{base[0]:.0f}", f"{ours[0]:.0f}", f"{ours[0] / base[0]:.2f}",
-                                 f"{base[1]:.2f} / {base[2]:.2f}", f"{ours[1]:.2f} / {ours[2]:.2f}"])
+                caddy = int(app.supervisorctl("pid", "caddy").stdout.strip())
+                for workload, path, lua in workloads:
+                    for connections in CONNECTIONS:
+                        base = wrk(direct + path, connections, app.token, lua)
+                        spent = cpu_seconds(caddy)
+                        ours = wrk(app.api_url(path), connections, app.token, lua)
+                        per_request = (cpu_seconds(caddy) - spent) / ours[3] * 1e6
+                        rows.append([label, workload, connections, f"{base[0]:.0f}", f"{ours[0]:.0f}",
+                                     f"**{ours[0] / base[0]:.2f}**", f"{base[1]:.2f} / {base[2]:.2f}",
+                                     f"{ours[1]:.2f} / {ours[2]:.2f}", f"{per_request:.0f}"])
                 base_first, base_last = stream_timings(app, f"{direct}/v1/chat/completions")
                 ours_first, ours_last = stream_timings(app, app.api_url("/v1/chat/completions"))
-                stream_rows.append([label, f"{base_first:.2f}", f"{ours_first:.2f}", f"{ours_first - base_first:+.2f}",
+                stream_rows.append([f"Caddy, {label}", f"{base_first:.2f}", f"{ours_first:.2f}", f"{ours_first - base_first:+.2f}",
                                     f"{base_last:.2f}", f"{ours_last:.2f}", f"{ours_last - base_last:+.2f}"])
             finally:
                 app.stop()
-    body = ("`GET /health` of the stand-in engine, wrk with 1 thread for "
-            f"{DURATION} per cell, bearer token on every request.\n\n"
-            + table(["path", "connections", "direct req/s", "through Caddy req/s", "ratio",
-                     "direct p50 / p99 ms", "Caddy p50 / p99 ms"], rows)
-            + "\n\nStreamed chat completion (20 events, 5 ms apart), 30 runs each, p50 of the time from "
+    body = ("wrk with 1 thread for "
+            f"{DURATION} per cell, bearer token on every request, against the stand-in engine directly and "
+            "through Caddy. `GET /health` costs the upstream nothing, so the whole of Caddy's cost shows; "
+            f"the streamed chat completion sends {STREAM_TOKENS} tokens {TOKEN_DELAY * 1000:.0f} ms apart, "
+            "the way an engine answers. Caddy CPU: Caddy's user + system time over the run, per request.\n\n"
+            + table(["Caddy", "request", "connections", "direct req/s", "through Caddy req/s", "ratio",
+                     "direct p50 / p99 ms", "Caddy p50 / p99 ms", "Caddy CPU µs/req"], rows)
+            + f"\n\nStreamed chat completion ({STREAM_TOKENS} tokens, {TOKEN_DELAY * 1000:.0f} ms apart), "
+              "30 runs each, p50 of the time from "
               "sending the request to the first and to the last `data:` event.\n\n"
             + table(["path", "direct first ms", "Caddy first ms", "added", "direct last ms", "Caddy last ms", "added"],
                     stream_rows)

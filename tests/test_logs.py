@@ -47,6 +47,14 @@ def test_tail_and_find(tmp_path):
     assert logs.find(tmp_path, "../etc/passwd") is None and logs.find(tmp_path, "..") is None
 
 
+def test_rotated_parts_are_listed_after_the_current_logs_and_can_be_read(tmp_path):
+    for name in ("vllm.log", "caddy.log", "vllm.log.10", "vllm.log.2", "vllm.log.1", "notes.txt", "vllm.log.bak"):
+        (tmp_path / name).write_text(name)
+    names = [entry["name"] for entry in logs.listing(tmp_path)]
+    assert names == ["caddy", "vllm", "vllm.log.1", "vllm.log.2", "vllm.log.10"]
+    assert logs.find(tmp_path, "vllm.log.2") == tmp_path / "vllm.log.2"
+
+
 def test_follow_yields_new_lines_with_resumable_offsets(tmp_path):
     path = tmp_path / "x.log"
     path.write_bytes(b"one\ntwo\n")

@@ -107,11 +107,14 @@ def download_log(request: Request, name: str):
 @router.get("/logs/{name}/stream")
 def stream_log(request: Request, name: str, offset: int | None = Query(None, ge=0),
                last_event_id: str | None = Header(None)):
-    """Live tail over SSE; each event's id is the byte offset after its line (resume with Last-Event-ID or ?offset=)."""
+    """Live tail over SSE; each event's id is the byte offset after its line (resume with ?offset= or Last-Event-ID).
+
+    Last-Event-ID wins: a browser's EventSource reconnects to the same URL, `?offset=` included, and sends the
+    id of the last event it got, so the stream goes on from there instead of repeating lines."""
     path = logs.find(request.app.state.settings.log_dir, name)
     if path is None:
         return error(404, f"no log {name!r}")
-    if offset is None and last_event_id and last_event_id.isdigit():
+    if last_event_id and last_event_id.isdigit():
         offset = int(last_event_id)
     return StreamingResponse(logs.follow(path, offset), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

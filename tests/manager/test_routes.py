@@ -88,7 +88,9 @@ def test_the_log_stream_is_live_and_resumable(api):
     first = events(client, appliance.portal_url("/api/logs/vllm/stream?offset=0"), 3)
     assert [data for _, data in first] == [line.decode() for line in lines[:3]]
     assert first[0][0] == len(lines[0]) + 1  # an event's id: the byte offset after its line
-    resumed = events(client, appliance.portal_url("/api/logs/vllm/stream"), 1, **{"Last-Event-ID": str(first[1][0])})
+    # an EventSource reconnects to the URL it opened, ?offset= included, with the id of the last event it got
+    resumed = events(client, appliance.portal_url("/api/logs/vllm/stream?offset=0"), 1,
+                     **{"Last-Event-ID": str(first[1][0])})
     assert resumed == [first[2]]
     # live: a line the engine writes after the stream opened arrives (a request makes the stand-in log one)
     size = len(whole)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from tests.appliance import REPO
 
@@ -255,3 +256,19 @@ def test_provisioning_stopped_midway_is_recorded_and_runs_again_next_boot(boot, 
     while len((app.root / "workspace/long.runs").read_text().split()) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert (app.root / "workspace/long.runs").read_text().split() == ["started", "started"]
+
+
+def test_env_from_a_boot_hook_reaches_the_engine_without_a_restart_when_the_manager_starts(boot):
+    """The engine's env is rendered in one place: the manager's first reconcile finds nothing to replace."""
+    app = boot({"VLLM_MODEL": "acme/tiny-chat"}, start=False)
+    hooks = app.root / "workspace/boot.d"
+    hooks.mkdir(parents=True)
+    (hooks / "10-cache.env").write_text('HF_HOME="$WORKSPACE/other-cache"\nFROM_HOOK=yes\n')
+    app.start()
+    pid = app.supervisorctl("pid", "vllm").stdout.strip()
+    environ = dict(item.split("=", 1) for item in
+                   (Path("/proc") / pid / "environ").read_text().split("\0") if "=" in item)
+    assert environ["HF_HOME"] == str(app.root / "workspace/other-cache") and environ["FROM_HOOK"] == "yes"
+    wait_instance(app, lambda i: i["state"] == "ready")  # the manager is up and has reconciled
+    assert "reconciled programs" not in app.log("manager") + app.output()
+    assert app.supervisorctl("pid", "vllm").stdout.strip() == pid
