@@ -42,6 +42,16 @@ def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: fl
     finally:
         os.killpg(process.pid, 15)
         process.wait()
+        while group_alive(process.pid):  # the engine core outlives the API server by a moment
+            time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def swaps(app: Appliance, models: list[tuple[str, str]], args: list[str], timeout: float) -> list[float]:
