@@ -156,12 +156,22 @@ class Manager:
 
     # --- monitoring ----------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:
-        """Follow supervisor: phase of each idle instance, and restarts (a new pid the manager did not cause)."""
+        """Follow supervisor: phase of each idle instance, and restarts (a new pid the manager did not cause).
+
+        A failure is logged once, not every round, and so is the recovery from it.
+        """
+        failing = None
         while True:
             try:
                 await self.refresh()
+                if failing:
+                    print("manager: monitor: supervisord answers again", flush=True)
+                failing = None
             except Exception as exc:  # noqa: BLE001 (keep monitoring through a supervisor hiccup)
-                print(f"manager: monitor: {exc!r}", flush=True)
+                reason = self.supervisor.explain(exc)
+                if reason != failing:
+                    print(f"manager: monitor: {reason}", flush=True)
+                failing = reason
             await asyncio.sleep(interval)
 
     async def refresh(self) -> None:

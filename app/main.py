@@ -22,7 +22,8 @@ async def lifespan(app: FastAPI):
     try:  # after a crash of the manager: bring supervisor and Caddy back in line with the saved state
         await app.state.manager.reconcile()
     except Exception as exc:  # noqa: BLE001 (the portal must come up to show what is wrong)
-        print(f"manager: could not reconcile programs with the saved state: {exc!r}", flush=True)
+        print(f"manager: could not reconcile programs with the saved state: {app.state.manager.supervisor.explain(exc)}",
+              flush=True)
     monitor = asyncio.create_task(app.state.manager.monitor())
     yield
     monitor.cancel()

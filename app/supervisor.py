@@ -37,6 +37,12 @@ class Supervisor:
                 return None
             raise
 
+    def explain(self, exc: Exception) -> str:
+        """A log line for a failed call; supervisord not answering on its socket is said plainly."""
+        if isinstance(exc, OSError):
+            return f"cannot reach supervisord at {self.socket}: {exc.strerror or exc}"
+        return repr(exc)
+
     def all(self) -> list[dict]:
         return self._rpc().getAllProcessInfo()
 

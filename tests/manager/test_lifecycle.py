@@ -1,11 +1,14 @@
 """What survives: the manager killed mid-swap, and the whole appliance restarted on the same root."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
 
+from app.instances import Manager
+from app.settings import Settings
 from tests.appliance import processes_with_env
 from tests.manager.test_swap import put, served, wait_for
 
@@ -69,3 +72,16 @@ def test_a_config_saved_but_not_applied_before_the_manager_died_is_applied_when_
         assert "extra" not in app.supervisorctl("status").stdout
         assert "/instances/extra/" not in (app.root / "etc/caddy/instances.caddy").read_text()
     assert len(engines(app)) == 1
+
+
+def test_supervisord_not_answering_is_logged_once_and_in_words(tmp_path, capsys):
+    manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))  # no supervisord behind this root
+
+    async def a_few_rounds():
+        monitor = asyncio.create_task(manager.monitor(interval=0.01))
+        await asyncio.sleep(0.3)
+        monitor.cancel()
+
+    asyncio.run(a_few_rounds())
+    assert capsys.readouterr().out.splitlines() == [
+        f"manager: monitor: cannot reach supervisord at {manager.supervisor.socket}: No such file or directory"]
