@@ -67,7 +67,7 @@ def swaps(app: Appliance, models: list[tuple[str, str]], args: list[str], timeou
 
 
 def spread(times: list[float]) -> str:
-    return f"{statistics.median(times):.2f} ({min(times):.1f}–{max(times):.1f})"
+    return f"{statistics.median(times):.2f} ({min(times):.2f}–{max(times):.2f})"
 
 
 def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: list[str], timeout: float,
