@@ -22,8 +22,9 @@ ENGINE_ARGS = ["--max-model-len", "256", "--kv-cache-memory-bytes", "134217728",
                "--enforce-eager"]
 
 
-def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: float) -> float:
-    """Seconds from starting `vllm serve` by hand until /v1/models lists the model."""
+def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: float) -> tuple[float, float]:
+    """Seconds from starting `vllm serve` by hand until /v1/models lists the model, then from SIGTERM until its
+    last process is gone (a swap waits for that too)."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen([str(vllm), "serve", model, "--host", "127.0.0.1", "--port", str(port),
@@ -34,16 +35,20 @@ def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: fl
             try:
                 if any(m["id"] == name for m in
                        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()["data"]):
-                    return time.perf_counter() - started
+                    break
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"{model} not ready after {timeout}s")
+        else:
+            raise TimeoutError(f"{model} not ready after {timeout}s")
+        ready = time.perf_counter() - started
     finally:
+        stopping = time.perf_counter()
         os.killpg(process.pid, 15)
         process.wait()
         while group_alive(process.pid):  # the engine core outlives the API server by a moment
-            time.sleep(0.05)
+            time.sleep(0.01)
+    return ready, time.perf_counter() - stopping
 
 
 def group_alive(pgid: int) -> bool:
@@ -71,11 +76,11 @@ def spread(times: list[float]) -> str:
 
 
 def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: list[str], timeout: float,
-            tmp: Path) -> tuple[list, list[float]]:
-    """The table row, and the direct start times (their spread is the engine's own noise)."""
+            tmp: Path) -> tuple[list, str]:
+    """The table row, and a sentence on how much the engine itself varies and takes to exit."""
     model, name = models[0]
     direct_start(vllm_bin / "vllm", model, args, name, timeout)  # untimed: neither side pays for cold file caches
-    direct = [direct_start(vllm_bin / "vllm", model, args, name, timeout) for model, name in models]
+    direct, exits = zip(*(direct_start(vllm_bin / "vllm", model, args, name, timeout) for model, name in models))
     app = Appliance(tmp / label.replace(" ", "-"), {"VLLM_MODEL": models[-1][0],
                                                     "VLLM_ARGS": " ".join(args + ["--served-model-name", models[-1][1]])},
                     path_prefix=[vllm_bin])
@@ -84,8 +89,11 @@ def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: lis
         through = swaps(app, models, args, timeout)
     finally:
         app.stop()
-    base, ours = statistics.median(direct), statistics.median(through)
-    return [label, len(models), spread(direct), spread(through), f"{ours - base:+.2f}", f"{ours / base:.2f}"], direct
+    base, ours, exit_ = statistics.median(direct), statistics.median(through), statistics.median(exits)
+    row = [label, len(models), spread(direct), spread(exits), spread(through), f"{ours - base:+.2f}",
+           f"{ours - base - exit_:+.2f}", f"{ours / base:.2f}"]
+    return row, (f"{label.capitalize()}: its start varies by {max(direct) - min(direct):.2f} s from run to run, "
+                 f"its exit takes {exit_:.2f} s.")
 
 
 def main() -> None:
@@ -96,26 +104,27 @@ def main() -> None:
         for n in range(5):
             (tmp / f"m{n}").mkdir()
             local.append((str(tmp / f"m{n}"), f"stand-in-{n}"))
-        row, _ = measure("stand-in engine", FAKES, local, [], 60, tmp)
+        row, note = measure("stand-in engine", FAKES, local, [], 60, tmp)
         rows.append(row)
-        noise = ""
+        notes = [note]
         if (ENGINE_VENV / "bin/vllm").exists():
             tiny = []
             for name, seed in (("tiny-a", 0), ("tiny-b", 1)):
                 subprocess.run([str(ENGINE_VENV / "bin/python"), str(REPO / "tests/engine/tiny_model.py"),
                                 str(tmp / name), "--name", name, "--seed", str(seed)], check=True, capture_output=True)
                 tiny.append((str(tmp / name), name))
-            row, direct = measure("real vLLM (CPU), tiny model", ENGINE_VENV / "bin", tiny * 2, ENGINE_ARGS, 600, tmp)
+            row, note = measure("real vLLM (CPU), tiny model", ENGINE_VENV / "bin", tiny * 2, ENGINE_ARGS, 600, tmp)
             rows.append(row)
-            noise = (f" The real engine's own start varies by {max(direct) - min(direct):.1f} s from one run to the "
-                     "next on this machine; the stand-in row, whose start is short and steady, isolates what the "
-                     "manager adds.")
+            notes.append(note)
     body = ("Median seconds (min–max), after one untimed start that warms the file caches. Direct: `vllm serve` "
             "started by hand until `/v1/models` lists the model. "
-            "Swap: `PUT /api/instances/vllm` with `wait=true` until it answers ready (stop the old engine, "
-            "rewrite its program, start the new one, health checks).\n\n"
-            + table(["engine", "swaps", "direct start s", "swap s", "overhead s", "ratio"], rows)
-            + "\n\nTarget: under 0.5 s of overhead." + noise)
+            "Exit: from SIGTERM to the engine's last process gone, after each direct start. "
+            "Swap: `PUT /api/instances/vllm` with `wait=true` until it answers ready (stop the old engine and wait "
+            "for its exit, rewrite its program, start the new one, health checks). Overhead: swap minus direct "
+            "start; the next column also takes off the old engine's own exit, which any swap waits for.\n\n"
+            + table(["engine", "swaps", "direct start s", "exit s", "swap s", "overhead s", "overhead beyond the exit s",
+                     "ratio"], rows)
+            + "\n\nTarget: under 0.5 s of overhead. " + " ".join(notes))
     write_section("swap", "Swap overhead", body, "make bench  # or: python -m bench swap")
 
 
