@@ -59,16 +59,13 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
-def swaps(app: Appliance, models: list[tuple[str, str]], args: list[str], timeout: float) -> list[float]:
-    times = []
-    with app.client(timeout=timeout + 30) as client:
-        for model, name in models:
-            started = time.perf_counter()
-            answer = client.put(app.portal_url("/api/instances/vllm"), json={
-                "model": model, "args": args, "served_model_name": name, "wait": True, "timeout": timeout})
-            times.append(time.perf_counter() - started)
-            assert answer.json()["result"] == "ready", answer.text
-    return times
+def swap(app: Appliance, client: httpx.Client, model: str, name: str, args: list[str], timeout: float) -> float:
+    """Seconds from PUT to the answer that the new engine is ready."""
+    started = time.perf_counter()
+    answer = client.put(app.portal_url("/api/instances/vllm"), json={
+        "model": model, "args": args, "served_model_name": name, "wait": True, "timeout": timeout})
+    assert answer.json()["result"] == "ready", answer.text
+    return time.perf_counter() - started
 
 
 def spread(times: list[float]) -> str:
@@ -78,21 +75,26 @@ def spread(times: list[float]) -> str:
 def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: list[str], timeout: float,
             tmp: Path) -> tuple[list, str]:
     """The table row, and a sentence on how much the engine itself varies and takes to exit."""
-    model, name = models[0]
-    direct_start(vllm_bin / "vllm", model, args, name, timeout)  # untimed: neither side pays for cold file caches
-    direct, exits = zip(*(direct_start(vllm_bin / "vllm", model, args, name, timeout) for model, name in models))
     app = Appliance(tmp / label.replace(" ", "-"), {"VLLM_MODEL": models[-1][0],
                                                     "VLLM_ARGS": " ".join(args + ["--served-model-name", models[-1][1]])},
                     path_prefix=[vllm_bin])
     app.start(timeout=timeout)
+    direct, exits, through = [], [], []
     try:
-        through = swaps(app, models, args, timeout)
+        model, name = models[0]
+        direct_start(vllm_bin / "vllm", model, args, name, timeout)  # untimed: neither side pays for cold caches
+        with app.client(timeout=timeout + 30) as client:
+            for model, name in models:  # alternated, so a drift of the machine's speed hits both sides alike
+                start, exit_ = direct_start(vllm_bin / "vllm", model, args, name, timeout)
+                direct.append(start)
+                exits.append(exit_)
+                through.append(swap(app, client, model, name, args, timeout))
     finally:
         app.stop()
     base, ours, exit_ = statistics.median(direct), statistics.median(through), statistics.median(exits)
     row = [label, len(models), spread(direct), spread(exits), spread(through), f"{ours - base:+.2f}",
            f"{ours - base - exit_:+.2f}", f"{ours / base:.2f}"]
-    return row, (f"{label.capitalize()}: its start varies by {max(direct) - min(direct):.2f} s from run to run, "
+    return row, (f"{label[0].upper() + label[1:]}: its start varies by {max(direct) - min(direct):.2f} s from run to run, "
                  f"its exit takes {exit_:.2f} s.")
 
 
@@ -116,8 +118,9 @@ def main() -> None:
             row, note = measure("real vLLM (CPU), tiny model", ENGINE_VENV / "bin", tiny * 2, ENGINE_ARGS, 600, tmp)
             rows.append(row)
             notes.append(note)
-    body = ("Median seconds (min–max), after one untimed start that warms the file caches. Direct: `vllm serve` "
-            "started by hand until `/v1/models` lists the model. "
+    body = ("Median seconds (min–max), after one untimed start that warms the file caches; direct starts and "
+            "swaps alternate. Direct: `vllm serve` started by hand (beside the appliance's idle engine) until "
+            "`/v1/models` lists the model. "
             "Exit: from SIGTERM to the engine's last process gone, after each direct start. "
             "Swap: `PUT /api/instances/vllm` with `wait=true` until it answers ready (stop the old engine and wait "
             "for its exit, rewrite its program, start the new one, health checks). Overhead: swap minus direct "
