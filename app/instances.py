@@ -86,11 +86,13 @@ class Runtime:
     pid: int = 0
     busy: bool = False  # an operation of the manager is in flight
     seq: int = 0  # the last accepted request
+    version: int = 0  # counts set(): a reading of supervisor taken before a change is stale
 
     def set(self, phase: str, reason: str | None = None) -> None:
         if phase != self.phase:
             self.since = time.time()
         self.phase, self.reason = phase, reason
+        self.version += 1
 
 
 class Manager:
@@ -175,33 +177,50 @@ class Manager:
             await asyncio.sleep(interval)
 
     async def refresh(self) -> None:
+        """One round of monitoring. An instance whose phase an operation changed while supervisor was being
+        read (or while its engine was probed) is left to that operation: the reading is older than its change."""
+        versions = {i: rt.version for i, rt in self.runtime.items()}
         infos = {p["name"]: p for p in await asyncio.to_thread(self.supervisor.all)}
         waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
         for config in self.configs().values():
             rt, info = self.runtime[config.id], infos.get(config.id)
+            if rt.busy or rt.version != versions.get(config.id, 0):
+                continue
             pid = info["pid"] if info else 0
             restarted = bool(pid and rt.pid and pid != rt.pid)
-            if restarted and not rt.busy:
+            if restarted:
                 rt.restarts += 1
             rt.pid = pid or rt.pid
-            if rt.busy or not info:
+            if not info:
                 continue
-            name = info["statename"]
-            if name in ("RUNNING", "STARTING"):
-                # Probe only until ready (and again after a restart), so a ready engine's log is not flooded.
-                if rt.phase != "ready" or restarted:
-                    rt.set("ready" if await self.healthy(config) else "starting")
-            elif name == "BACKOFF":  # exited too soon; supervisor tries again
-                rt.set("starting", f"restarting: {info.get('spawnerr') or info['description']}")
-            elif name in FAILED_STATES:
-                rt.set("failed", rt.reason if rt.phase == "failed" and rt.reason
-                       else f"the engine exited: {info.get('spawnerr') or info['description']}")
-            elif name == "STOPPING":
-                rt.set("stopping")
-            elif config.id in waiting and name == "STOPPED":
-                rt.set("waiting", provisioning.WAITING_REASON)
-            elif rt.phase != "failed":
-                rt.set("stopped")
+            phase, reason = self.phase_of(config, info, rt, waiting)
+            if phase == "probe":  # running: probe only until ready (and after a restart), not to flood its log
+                if rt.phase == "ready" and not restarted:
+                    continue
+                before = rt.version
+                phase = "ready" if await self.healthy(config) else "starting"
+                if rt.busy or rt.version != before:
+                    continue
+            rt.set(phase, reason)
+
+    @staticmethod
+    def phase_of(config: state.InstanceConfig, info: dict, rt: Runtime, waiting: set[str]) -> tuple[str, str | None]:
+        """The phase supervisor's state of an idle engine means ("probe": running, ask the engine)."""
+        name = info["statename"]
+        if name in ("RUNNING", "STARTING"):
+            return "probe", None
+        if name == "BACKOFF":  # exited too soon; supervisor tries again
+            return "starting", f"restarting: {info.get('spawnerr') or info['description']}"
+        if name in FAILED_STATES:
+            return "failed", (rt.reason if rt.phase == "failed" and rt.reason
+                              else f"the engine exited: {info.get('spawnerr') or info['description']}")
+        if name == "STOPPING":
+            return "stopping", None
+        if config.id in waiting and name == "STOPPED":
+            return "waiting", provisioning.WAITING_REASON
+        if rt.phase == "failed":
+            return "failed", rt.reason
+        return "stopped", None
 
     async def healthy(self, config: state.InstanceConfig) -> bool:
         base = f"http://127.0.0.1:{config.port}"
