@@ -94,6 +94,10 @@ class Runtime:
         self.phase, self.reason = phase, reason
         self.version += 1
 
+    def changed_since(self, version: int) -> bool:
+        """An operation is in flight or changed the phase since `version` was read."""
+        return self.busy or self.version != version
+
 
 class Manager:
     def __init__(self, settings: Settings):
@@ -184,7 +188,7 @@ class Manager:
         waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
         for config in self.configs().values():
             rt, info = self.runtime[config.id], infos.get(config.id)
-            if rt.busy or rt.version != versions.get(config.id, 0):
+            if rt.changed_since(versions.get(config.id, 0)):
                 continue
             pid = info["pid"] if info else 0
             restarted = bool(pid and rt.pid and pid != rt.pid)
@@ -197,9 +201,8 @@ class Manager:
             if phase == "probe":  # running: probe only until ready (and after a restart), not to flood its log
                 if rt.phase == "ready" and not restarted:
                     continue
-                before = rt.version
                 phase = "ready" if await self.healthy(config) else "starting"
-                if rt.busy or rt.version != before:
+                if rt.changed_since(versions.get(config.id, 0)):
                     continue
             rt.set(phase, reason)
 
