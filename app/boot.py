@@ -12,72 +12,62 @@ import shutil
 import sys
 from pathlib import Path
 
-import httpx
-
-from app import credentials, engine, gpu, portal_config, provisioning, render, state, tls, validation
+from app import boot_record, credentials, engine, gpu, hub, portal_config, provisioning, render, tls, validation
+from app.files import write_atomic
+from app.instance import DEFAULT_INSTANCE, InstanceConfig, error_message
 from app.settings import Settings, get_settings
+from app.state import SavedState, Store
 
 
 def log(message: str) -> None:
     print(f"[boot] {message}", file=sys.stderr, flush=True)
 
 
-def hub_unreachable(settings: Settings, model: str) -> str | None:
-    """Why `model` cannot be fetched from the Hub, or None if it is local, cached or the Hub answers."""
-    if model.startswith(("/", ".")) or Path(model).exists():
-        return None
-    if (settings.hf_home / "hub" / f"models--{model.replace('/', '--')}").exists():
-        return None
-    if settings.hf_hub_offline:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        httpx.head(settings.hf_endpoint, timeout=3.0, follow_redirects=True)
-    except httpx.HTTPError as exc:
-        return f"the Hugging Face Hub ({settings.hf_endpoint}) cannot be reached ({type(exc).__name__})"
-    return None
-
-
-def env_instance(settings: Settings, apps: list[portal_config.PortalApp]) -> state.InstanceConfig | None:
+def env_instance(settings: Settings, ports: portal_config.Ports) -> InstanceConfig | None:
     """The instance `vllm` from VLLM_MODEL / VLLM_ARGS, or None (with the reason in the boot log)."""
     if not settings.vllm_model:
         log("VLLM_MODEL is empty: no engine at boot; choose a model in the portal or through the API")
         return None
-    api = portal_config.find(apps, "vLLM")
     try:
-        return state.InstanceConfig(id=state.DEFAULT_INSTANCE, model=settings.vllm_model,
-                                    args=validation.split_args(settings.vllm_args),
-                                    port=api.internal_port if api else 18000)
+        config = InstanceConfig.model_validate(
+            {"id": DEFAULT_INSTANCE, "model": settings.vllm_model, "args": validation.split_args(settings.vllm_args),
+             "port": None if "--port" in settings.vllm_args else ports.api_port}, context={"check_folder": False})
+        if config.port != ports.api_port:
+            raise ValueError(f"VLLM_ARGS --port {config.port}: the default engine listens on the vLLM API's internal "
+                             f"port ({ports.api_port}); change the `vLLM API` entry of PORTAL_CONFIG instead")
+        return config
     except ValueError as exc:
-        reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
-        log(f"ERROR: the engine is not started: {reason}. Fix VLLM_MODEL / VLLM_ARGS and restart; "
+        log(f"ERROR: the engine is not started: {error_message(exc)}. Fix VLLM_MODEL / VLLM_ARGS and restart; "
             "the portal stays up.")
         return None
 
 
-def engine_programs(settings: Settings, apps: list[portal_config.PortalApp]) -> list[render.Program]:
+def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
     """One program per saved instance. VLLM_MODEL / VLLM_ARGS win for `vllm` when they changed since the last boot;
-    otherwise what was chosen through the API is kept."""
-    saved = state.load(settings)
+    otherwise what was chosen through the API is kept. An engine whose model must come from a Hub that does not
+    answer is held back (recorded for the manager, whose actor starts it once the Hub answers)."""
+    store = Store(settings)
+    saved = store.state
     env_now = {"VLLM_MODEL": settings.vllm_model, "VLLM_ARGS": settings.vllm_args}
     if saved.boot_env != env_now:
-        saved.instances.pop(state.DEFAULT_INSTANCE, None)
-        config = env_instance(settings, apps)
+        instances = {i: c for i, c in saved.instances.items() if i != DEFAULT_INSTANCE}
+        config = env_instance(settings, ports)
         if config:
-            saved.instances[state.DEFAULT_INSTANCE] = config
-        saved.boot_env = env_now
-        state.save(settings, saved)
-    elif state.DEFAULT_INSTANCE in saved.instances:
-        log(f"serving the model chosen through the API for `vllm`: {saved.instances['vllm'].model}")
-    gpus = gpu.gpu_count() if saved.instances and settings.parallel_on_all_gpus else 0
-    programs = []
-    for config in saved.instances.values():
-        reason = hub_unreachable(settings, config.model)
+            instances[DEFAULT_INSTANCE] = config
+        store.save(SavedState(instances=instances, boot_env=env_now))
+    elif DEFAULT_INSTANCE in saved.instances:
+        log(f"serving the model chosen through the API for `vllm`: {saved.instances[DEFAULT_INSTANCE].model}")
+    gpus = gpu.gpu_count() if store.instances and settings.parallel_on_all_gpus else 0
+    programs, held = [], {}
+    for config in store.instances.values():
+        reason = hub.unreachable(settings, config.model)
         if reason:
-            log(f"WARNING: {reason}, and {config.model} is not in the model cache, so the engine `{config.id}` is not "
-                f"started. The portal stays up: choose a local model there, or fix the network and run "
-                f"`supervisorctl start {config.id}`.")
+            held[config.id] = f"waiting for the Hugging Face Hub: {reason}; {config.model} is not in the model cache"
+            log(f"WARNING: {reason}, and {config.model} is not in the model cache: the engine `{config.id}` waits "
+                "and starts by itself as soon as the Hub answers (state `waiting` in the portal and the API).")
         programs.append(engine.program(settings, config, gpu_count=gpus, autostart=not reason))
-    render.write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, saved.instances.values()))
+    boot_record.write(settings, held)
+    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, store.instances.values()))
     return programs
 
 
@@ -118,12 +108,12 @@ def boot(settings: Settings) -> Path:
     prepared = provisioning.prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
     programs = control_programs(settings, apps)
-    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, apps)
+    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, portal_config.Ports(apps))
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait
 
-    render.write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
+    write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)
-    render.write_atomic(settings.caddyfile, render.caddyfile(
+    write_atomic(settings.caddyfile, render.caddyfile(
         settings, apps, token=token, bearers=credentials.bearer_tokens(settings, token),
         password_hash=credentials.password_hash(password)), mode=0o600)
 

@@ -1,22 +1,14 @@
-"""The `vllm serve` command line of an engine program."""
+"""The `vllm serve` command line and environment of an engine program."""
 from __future__ import annotations
 
-NOTE = "rendered from the saved state; change it through the API"  # first line of every engine program file
+from app.instance import option_value  # noqa: F401 (re-exported: the llm-d API reads options with it)
+
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
                     "--data-parallel-size", "-dp")
 
 
 def has_option(args: list[str], *names: str) -> bool:
     return any(arg == name or arg.startswith(name + "=") for arg in args for name in names)
-
-
-def option_value(args: list[str], name: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def serve_argv(vllm_bin: str, model: str, args: list[str], *, port: int,
@@ -34,7 +26,7 @@ def serve_argv(vllm_bin: str, model: str, args: list[str], *, port: int,
 
 def environment(settings, config) -> dict[str, str]:
     """The engine's environment: model cache in the workspace, HF token, GPU order and selection, the user's env."""
-    env = {"HF_HOME": str(settings.hf_home), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    env = {"HF_HOME": str(settings.hf_home), "CUDA_DEVICE_ORDER": "PCI_BUS_ID", **caches(settings)}
     if settings.hf_token:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
@@ -43,9 +35,22 @@ def environment(settings, config) -> dict[str, str]:
     return {**env, **provisioning.engine_env(settings), **config.env}
 
 
+def caches(settings) -> dict[str, str]:
+    """vLLM's, torch's and triton's caches on the workspace volume: a restart or a swap back does not redo them."""
+    root = settings.cache_dir
+    return {"VLLM_CACHE_ROOT": str(root / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),
+            "TRITON_CACHE_DIR": str(root / "triton"), "XDG_CACHE_HOME": str(root)}
+
+
+def check_environment(settings, config) -> None:
+    """ValueError if supervisor's config format could not carry the engine's environment."""
+    from app.render import environment_line
+    environment_line(environment(settings, config))
+
+
 def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
     """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured."""
-    from app.render import Program
+    from app.render import ENGINE_NOTE, Program
     args = list(config.args)
     if config.served_model_name and not has_option(args, "--served-model-name"):
         args += ["--served-model-name", config.served_model_name]
@@ -54,4 +59,4 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
     return Program(name=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
                                                    tensor_parallel=tensor_parallel),
                    environment=environment(settings, config), autostart=autostart, startsecs=5,
-                   stopwaitsecs=30, priority=900, note=NOTE)
+                   stopwaitsecs=30, priority=900, note=ENGINE_NOTE)

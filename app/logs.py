@@ -66,6 +66,13 @@ def listing(folder: Path) -> list[dict]:
              "modified": p.stat().st_mtime} for p in files]
 
 
+def remove(folder: Path, name: str) -> None:
+    """A program's log and its rotated parts (`name.log`, `name.log.1`, ...)."""
+    for path in [folder / f"{name}.log", *folder.glob(f"{name}.log.*")]:
+        if path.name == f"{name}.log" or ROTATED.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+
+
 def find(folder: Path, name: str) -> Path | None:
     """The log called `name` (program name or file name) in the folder; never a path outside it."""
     for candidate in (f"{name}.log", name):

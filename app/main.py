@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from app import gpu, portal
 from app.api import instances, v2
 from app.api import provisioning as provisioning_api
-from app.instances import Manager
+from app.manager import Manager
 from app.settings import get_settings
 
 
@@ -22,12 +22,12 @@ async def lifespan(app: FastAPI):
     try:  # after a crash of the manager: bring supervisor and Caddy back in line with the saved state
         await app.state.manager.reconcile()
     except Exception as exc:  # noqa: BLE001 (the portal must come up to show what is wrong)
-        print(f"manager: could not reconcile programs with the saved state: {app.state.manager.supervisor.explain(exc)}",
+        print(f"manager: could not reconcile programs with the saved state: {app.state.manager.fx.explain(exc)}",
               flush=True)
     monitor = asyncio.create_task(app.state.manager.monitor())
     yield
     monitor.cancel()
-    await app.state.manager.http.aclose()
+    await app.state.manager.aclose()
 
 
 app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,

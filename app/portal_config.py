@@ -7,14 +7,18 @@ equal is only a link in the portal.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, Field, field_validator
 
+from app.files import write_atomic
 from app.validation import plain_text
 
 PORTAL_NAME = "Instance Portal"
+API_NAME = "vLLM"  # the entry whose name contains this is the OpenAI-compatible API
+DEFAULT_MANAGER_PORT, DEFAULT_API_PORT = 11111, 18000
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%#-]*")
 
@@ -83,10 +87,8 @@ def write(path: Path, source: str, apps: list[PortalApp]) -> None:
     """Write portal.yaml; `source` records the PORTAL_CONFIG it came from."""
     doc = {"portal_config": source,
            "applications": {a.name: a.model_dump() for a in apps}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("# Written from PORTAL_CONFIG at boot; edit it, then restart the appliance.\n"
-                   + yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, "# Written from PORTAL_CONFIG at boot; edit it, then restart the appliance.\n"
+                 + yaml.safe_dump(doc, sort_keys=False))
 
 
 def load(path: Path) -> tuple[str, list[PortalApp]]:
@@ -111,3 +113,43 @@ def find(apps: list[PortalApp], name_contains: str) -> PortalApp | None:
     if exact:
         return exact[0]
     return next((a for a in apps if name_contains.lower() in a.name.lower()), None)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """portal.yaml parsed once: the apps, which of them is the portal and which the API, and the ports they take."""
+    apps: list[PortalApp] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> "Ports":
+        """The apps of portal.yaml; none when it is not written yet."""
+        try:
+            return cls(load(path)[1])
+        except FileNotFoundError:
+            return cls()
+
+    @property
+    def portal(self) -> PortalApp | None:
+        return find(self.apps, PORTAL_NAME)
+
+    @property
+    def api(self) -> PortalApp | None:
+        return find(self.apps, API_NAME)
+
+    @property
+    def manager_port(self) -> int:
+        """Where the manager listens (127.0.0.1)."""
+        return self.portal.internal_port if self.portal else DEFAULT_MANAGER_PORT
+
+    @property
+    def api_port(self) -> int:
+        """The internal port of the OpenAI-compatible API: where the default instance `vllm` listens."""
+        return self.api.internal_port if self.api else DEFAULT_API_PORT
+
+    def taken(self) -> dict[int, str]:
+        """Every port the appliance's apps use, with what uses it (not for other engines)."""
+        ports = {}
+        for app in self.apps:
+            ports[app.external_port] = f"the public port of {app.name!r}"
+            ports[app.internal_port] = f"the internal port of {app.name!r}"
+        return ports

@@ -32,8 +32,9 @@ from urllib.parse import urlparse
 import httpx
 
 from app import manifest as manifest_mod
-from app import portal_config, render, state, validation
+from app import portal_config, render, validation
 from app.settings import Settings, get_settings
+from app.state import Store
 
 PROGRAM = "provisioning"
 ATTEMPTS = 4
@@ -172,7 +173,7 @@ class Prepared:
 
     def programs(self, settings: Settings, programs: list[render.Program]) -> list[render.Program]:
         """`programs` plus provisioning, sshd and the manifest's; engines held back while provisioning is pending."""
-        engines = set(state.load(settings).instances)  # their env already holds engine_env (engine.environment)
+        engines = set(Store(settings).instances)  # their env already holds engine_env (engine.environment)
         extra = self.engine_env
         for spec in (self.manifest.programs if self.manifest else []):
             if spec.name in {p.name for p in programs}:

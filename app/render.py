@@ -8,6 +8,7 @@ supervisor splits with shlex, never a shell), quoting for `environment=`, and
 """
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shlex
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+from supervisor.datatypes import dict_of_key_value_pairs
 
 from app import validation
+from app.files import write_atomic
 from app.portal_config import PortalApp, find
 from app.settings import Settings
 
 MARKER = "Rendered by the appliance"
+ENGINE_NOTE = "rendered from the saved state; change it through the API"  # in the first line of engine programs
 COOKIE = "appliance_token"
 
 
@@ -122,17 +126,6 @@ def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, bearers:
         username=settings.web_username, password_hash=password_hash).rstrip() + "\n"
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, mode)
-    tmp.replace(path)
-
-
 def program_path(settings: Settings, name: str) -> Path:
     return settings.programs_dir / f"{name}.conf"
 
@@ -149,3 +142,23 @@ def write_programs(settings: Settings, programs: list[Program]) -> None:
             path.unlink()
     for program in programs:
         write_program(settings, program)
+
+
+def engine_program_names(settings: Settings) -> set[str]:
+    """The engine programs that have a file (their first line carries ENGINE_NOTE)."""
+    return {path.stem for path in settings.programs_dir.glob("*.conf")
+            if ENGINE_NOTE in path.read_text(errors="replace").split("\n", 1)[0]}
+
+
+def same_program(text: str, program: Program) -> bool:
+    """Whether a program file already runs this command with this environment (in any order of its variables)."""
+    parser = configparser.RawConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+        section = f"program:{program.name}"
+        command = parser.get(section, "command")
+        environment = parser.get(section, "environment", fallback="")
+        env = dict_of_key_value_pairs(environment.replace("%%", "%")) if environment else {}
+    except (configparser.Error, ValueError):
+        return False
+    return command == command_line(program.argv) and env == program.environment

@@ -184,6 +184,11 @@ class Settings(BaseSettings):
         return Path(self.hf_home_dir) if self.hf_home_dir else self.workspace / "huggingface"
 
     @property
+    def cache_dir(self) -> Path:
+        """vLLM's, torch's and triton's caches (compiled graphs, kernels), kept on the volume."""
+        return self.workspace / "cache"
+
+    @property
     def supervisor_dir(self) -> Path:
         return self.root / "etc" / "supervisor"
 
@@ -230,7 +235,8 @@ class Settings(BaseSettings):
     def folders(self) -> list[Path]:
         """Every folder the appliance writes to, created at each boot."""
         return [self.workspace, self.state_dir, self.tls_dir, self.hf_home, self.programs_dir,
-                self.caddyfile.parent, self.caddy_data_dir, self.log_dir, self.run_dir, self.provisioning_dir]
+                self.caddyfile.parent, self.caddy_data_dir, self.log_dir, self.run_dir, self.provisioning_dir,
+                self.cache_dir]
 
 
 @lru_cache

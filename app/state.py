@@ -1,46 +1,19 @@
-"""What the user chose (instances and their configs), saved in the workspace atomically.
+"""What the user chose (instances and their configs), kept in memory and written through to the workspace.
 
-supervisor's program files are rendered from this; they are never the only copy.
+supervisor's program files are rendered from this; they are never the only copy. The file is read once (by the
+boot, and by the manager when it starts) and rewritten atomically on every change, by `Store.save` only.
 """
 from __future__ import annotations
 
 import json
-import os
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
-from app import validation
+from app.files import write_atomic
+from app.instance import DEFAULT_INSTANCE, InstanceConfig
 from app.settings import Settings
 
-DEFAULT_INSTANCE = "vllm"
-
-
-class InstanceConfig(BaseModel):
-    """One engine: a supervisor program running `vllm serve`."""
-    id: str
-    model: str
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    gpus: list[int] | None = None
-    share_gpus: bool = False
-    port: int = Field(ge=1024, le=65535)
-    served_model_name: str | None = None
-
-    _id = field_validator("id")(lambda cls, v: validation.instance_id(v))
-    _model = field_validator("model")(lambda cls, v: validation.model_name(v))
-    _args = field_validator("args")(lambda cls, v: validation.engine_args(v))
-    _env = field_validator("env")(lambda cls, v: validation.env_vars(v))
-
-    @field_validator("served_model_name")
-    @classmethod
-    def _served(cls, value):
-        return None if value is None else validation.model_name(value)
-
-    @property
-    def name_served(self) -> str:
-        """The model name /v1/models lists: --served-model-name if given, else the model."""
-        from app.engine import option_value
-        return self.served_model_name or option_value(self.args, "--served-model-name") or self.model
+__all__ = ["DEFAULT_INSTANCE", "InstanceConfig", "SavedState", "Store"]
 
 
 class SavedState(BaseModel):
@@ -49,27 +22,37 @@ class SavedState(BaseModel):
     boot_env: dict[str, str] = Field(default_factory=dict)
 
 
-def path(settings: Settings):
-    return settings.state_dir / "instances.json"
+class Store:
+    """The saved state in memory; every change is written to `instances.json` before it returns."""
 
+    def __init__(self, settings: Settings):
+        self.file = settings.state_dir / "instances.json"
+        self.state = self._read()
 
-def load(settings: Settings) -> SavedState:
-    file = path(settings)
-    if not file.exists():
-        return SavedState()
-    return SavedState.model_validate_json(file.read_text())
+    def _read(self) -> SavedState:
+        if not self.file.exists():
+            return SavedState()
+        # a saved local model folder may be missing for now (a volume not mounted yet): not a reason to lose it
+        return SavedState.model_validate(json.loads(self.file.read_text()), context={"check_folder": False})
 
+    @property
+    def instances(self) -> dict[str, InstanceConfig]:
+        return self.state.instances
 
-def save(settings: Settings, state: SavedState) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one. Raises OSError (e.g. ENOSPC)."""
-    file = path(settings)
-    tmp = file.with_name(f".{file.name}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(json.dumps(state.model_dump(), indent=2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(file)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    def get(self, instance_id: str) -> InstanceConfig | None:
+        return self.state.instances.get(instance_id)
+
+    def put(self, config: InstanceConfig) -> None:
+        """Save `config` (raises OSError, e.g. ENOSPC, with the memory left as it was)."""
+        self._write(SavedState(instances={**self.state.instances, config.id: config}, boot_env=self.state.boot_env))
+
+    def remove(self, instance_id: str) -> None:
+        instances = {i: c for i, c in self.state.instances.items() if i != instance_id}
+        self._write(SavedState(instances=instances, boot_env=self.state.boot_env))
+
+    def save(self, state: SavedState) -> None:
+        self._write(state)
+
+    def _write(self, state: SavedState) -> None:
+        write_atomic(self.file, json.dumps(state.model_dump(), indent=2) + "\n", mode=0o600)
+        self.state = state

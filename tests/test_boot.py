@@ -9,7 +9,9 @@ import pytest
 
 from app.settings import Settings
 from app.tls import ensure_certificate
-from tests.appliance import processes_with_env
+from tests.appliance import free_port, processes_with_env
+from tests.conftest import hub_server
+from tests.manager.test_swap import wait_for
 
 
 def running(appliance) -> dict[str, str]:
@@ -129,13 +131,28 @@ def _shell_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def test_unreachable_hub_is_said_plainly_and_the_portal_stays_up(boot):
-    app = boot({"VLLM_MODEL": "acme/not-cached", "HF_ENDPOINT": "http://127.0.0.1:9"}, wait_engine=False)
-    assert "the Hugging Face Hub (http://127.0.0.1:9) cannot be reached" in app.output()
-    assert "acme/not-cached is not in the model cache, so the engine `vllm` is not started" in app.output()
-    assert running(app)["vllm"] == "STOPPED"
+def test_an_engine_waits_for_an_unreachable_hub_and_starts_by_itself_once_it_answers(boot):
+    port = free_port()
+    app = boot({"VLLM_MODEL": "acme/not-cached", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, wait_engine=False)
+    assert f"the Hugging Face Hub (http://127.0.0.1:{port}) cannot be reached" in app.output()
+    assert "the engine `vllm` waits and starts by itself as soon as the Hub answers" in app.output()
     with app.client() as client:
-        assert client.get(app.portal_url("/api/health")).status_code == 200
+        shown = wait_for(lambda: (i := client.get(app.portal_url("/api/instances/vllm")).json())["state"] == "waiting"
+                         and i)
+        assert "waiting for the Hugging Face Hub" in shown["reason"]
+        assert running(app)["vllm"] == "STOPPED"
+        with hub_server(port):
+            app.wait_engine(60)
+            wait_for(lambda: client.get(app.portal_url("/api/instances/vllm")).json()["state"] == "ready")
+
+
+def test_a_model_the_hub_does_not_have_fails_with_the_hubs_own_message(boot):
+    port = free_port()
+    app = boot({"VLLM_MODEL": "acme/missing-model", "HF_ENDPOINT": f"http://127.0.0.1:{port}"}, wait_engine=False)
+    with app.client() as client, hub_server(port):
+        shown = wait_for(lambda: (i := client.get(app.portal_url("/api/instances/vllm")).json())["state"] == "failed"
+                         and i, 60)
+    assert shown["reason"].startswith("the Hugging Face Hub says: 404") and "acme/missing-model" in shown["reason"]
 
 
 def test_a_local_model_folder_needs_no_hub(boot, tmp_path):

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from app import gpu, stats
-from app.instances import InstanceError, Manager
+from app.manager import Manager
 from app.settings import Settings
-from app.state import InstanceConfig
+from app.instance import InstanceConfig
 from tests.fakes.nvml import FakeNVML
 
 
@@ -56,24 +56,6 @@ def test_wait_released_waits_until_the_engine_leaves_the_gpu(monkeypatch):
     assert not gpu.wait_released({7}, timeout=0.3)
 
 
-def test_two_running_instances_may_not_own_one_gpu_unless_both_share(monkeypatch, tmp_path):
-    FakeNVML(4).install(monkeypatch)
-    manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
-    saved = {"a": InstanceConfig(id="a", model="m", port=18001, gpus=[0, 1]),
-             "b": InstanceConfig(id="b", model="m", port=18002, gpus=[2], share_gpus=True)}
-    manager.runtime["a"].set("ready")
-    manager.runtime["b"].set("ready")
-    with pytest.raises(InstanceError, match="GPU 1 is owned by instance 'a'") as caught:
-        manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[1]), saved)
-    assert caught.value.status == 409
-    with pytest.raises(InstanceError, match="GPU 0 is owned by instance 'a'"):
-        manager.check_ownership(InstanceConfig(id="c", model="m", port=18003), saved)  # automatic = all GPUs
-    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[2], share_gpus=True), saved)
-    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[3]), saved)
-    manager.runtime["a"].set("stopped")  # a stopped instance owns nothing
-    manager.check_ownership(InstanceConfig(id="c", model="m", port=18003, gpus=[0]), saved)
-
-
 def test_gpus_become_cuda_visible_devices_and_the_parallel_size(monkeypatch, tmp_path):
     from app import engine
     settings = Settings(APPLIANCE_ROOT=str(tmp_path))
@@ -97,10 +79,10 @@ def test_a_swap_waits_only_for_the_gpu_processes_of_the_engine_it_stops(monkeypa
         worker = int(subprocess.run(["pgrep", "-P", str(engine.pid)], capture_output=True, text=True).stdout.split()[0])
         fake.devices[0]["processes"] = [worker, neighbour.pid]
         manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
-        monkeypatch.setattr(manager.supervisor, "info", lambda name: {"pid": engine.pid})
+        monkeypatch.setattr(manager.fx.supervisor, "info", lambda name: {"pid": engine.pid})
         previous = InstanceConfig(id="a", model="m", port=18001, gpus=[0], share_gpus=True)
-        assert manager._gpu_pids("a", previous) == {worker}
-        assert manager._gpu_pids("a", None) == set()  # nothing ran before
+        assert manager.fx._engine_gpu_pids("a", previous) == {worker}
+        assert manager.fx._engine_gpu_pids("a", None) == set()  # nothing ran before
         os.kill(worker, 9)
     finally:
         engine.kill()
@@ -126,12 +108,12 @@ def test_in_a_container_a_swap_waits_for_the_foreign_pids_on_gpus_the_engine_hel
     try:
         fake.devices[0]["processes"] = [host_pid]
         manager = Manager(Settings(APPLIANCE_ROOT=str(tmp_path)))
-        monkeypatch.setattr(manager.supervisor, "info", lambda name: {"pid": engine.pid})
+        monkeypatch.setattr(manager.fx.supervisor, "info", lambda name: {"pid": engine.pid})
         alone = InstanceConfig(id="a", model="m", port=18001, gpus=[0])
-        assert manager._gpu_pids("a", alone) == {host_pid}
+        assert manager.fx._engine_gpu_pids("a", alone) == {host_pid}
         # on a shared GPU a foreign pid may be the neighbour's: not waited for
-        assert manager._gpu_pids("a", alone.model_copy(update={"share_gpus": True})) == set()
-        assert manager._gpu_pids("a", alone.model_copy(update={"gpus": [1]})) == set()  # nothing on GPU 1
+        assert manager.fx._engine_gpu_pids("a", alone.model_copy(update={"share_gpus": True})) == set()
+        assert manager.fx._engine_gpu_pids("a", alone.model_copy(update={"gpus": [1]})) == set()  # nothing on GPU 1
         threading.Timer(0.3, lambda: fake.devices[0].update(processes=[])).start()
         assert gpu.wait_released({host_pid}, timeout=5)
     finally:
@@ -151,20 +133,3 @@ def test_in_a_container_stats_name_the_instance_holding_the_gpu_for_foreign_pids
     # a local process that is no engine (e.g. a notebook) is nobody's, even on a held GPU
     assert [p["instance"] for p in second["processes"]] == ["second", None]
     assert stats.snapshot(tmp_path, sampler, {})["gpus"][0]["instances"] == []  # held by nobody: no owner
-
-
-def test_gpu_holders_are_running_instances_that_do_not_share(monkeypatch, tmp_path):
-    from app import state
-    FakeNVML(3).install(monkeypatch)
-    settings = Settings(APPLIANCE_ROOT=str(tmp_path))
-    settings.state_dir.mkdir(parents=True)
-    saved = state.load(settings)
-    saved.instances = {c.id: c for c in (
-        InstanceConfig(id="vllm", model="m", port=18000, gpus=[0]),
-        InstanceConfig(id="b", model="m", port=18001, gpus=[1], share_gpus=True),
-        InstanceConfig(id="c", model="m", port=18002, gpus=[2]))}
-    state.save(settings, saved)
-    manager = Manager(settings)
-    for name in ("vllm", "b"):
-        manager.runtime[name].set("ready")
-    assert manager.gpu_holders() == {0: "vllm"}  # b shares, c is stopped

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from app import logs, stats
-from app.instances import InstanceError, SwapRequest
+from app.instance import InstanceRequest
+from app.manager import InstanceError
 
 router = APIRouter(prefix="/api")
 PROTECTED = {"caddy", "manager", "logforward"}
@@ -41,7 +42,7 @@ def get_instance(request: Request, instance_id: str):
 
 @router.put("/instances/{instance_id}", status_code=202,
             responses={200: {"description": "with wait=true: ready, rolled back or failed"}})
-async def put_instance(request: Request, instance_id: str, body: SwapRequest):
+async def put_instance(request: Request, instance_id: str, body: InstanceRequest):
     """Create or swap. 202 while the engine starts; with `wait=true` the answer comes once it is ready or failed."""
     return await call(request.app.state.manager.swap(instance_id, body), 200 if body.wait else 202)
 
@@ -123,14 +124,13 @@ def stream_log(request: Request, name: str, offset: int | None = Query(None, ge=
 @router.get("/stats")
 def get_stats(request: Request) -> dict:
     manager = request.app.state.manager
-    engines = {rt.pid: name for name, rt in manager.runtime.items() if rt.pid}
-    return stats.snapshot(request.app.state.settings.workspace, request.app.state.sampler, engines,
+    return stats.snapshot(request.app.state.settings.workspace, request.app.state.sampler, manager.engine_pids(),
                           manager.gpu_holders())
 
 
 @router.get("/services")
 async def services(request: Request) -> list[dict]:
-    infos = await asyncio.to_thread(request.app.state.manager.supervisor.all)
+    infos = (await request.app.state.manager.fx.processes()).values()
     return [{"name": p["name"], "state": p["statename"], "pid": p["pid"] or None,
              "uptime": p["now"] - p["start"] if p["statename"] == "RUNNING" else None,
              "description": p["description"], "stoppable": p["name"] not in PROTECTED} for p in infos]
@@ -139,10 +139,10 @@ async def services(request: Request) -> list[dict]:
 @router.post("/services/{name}/{action}")
 async def service_action(request: Request, name: str, action: str):
     manager = request.app.state.manager
-    supervisor = manager.supervisor
+    supervisor = manager.fx.supervisor
     if action not in ("start", "stop", "restart"):
         return error(404, f"unknown action {action!r}: use start, stop or restart")
-    if name in manager.configs():  # an engine: through the manager, so its state and restart count stay right
+    if name in manager.store.instances:  # an engine: through the manager, so its state and restart count stay right
         return await call(getattr(manager, action)(name))
     if await asyncio.to_thread(supervisor.info, name) is None:
         return error(404, f"no program {name!r}")

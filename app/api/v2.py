@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 from app import logs, validation
 from app.api.instances import error, log_response
 from app.engine import option_value
-from app.instances import OWNING_PHASES, InstanceError, SwapRequest, error_message
+from app.instance import OWNING, InstanceRequest, Phase, error_message
+from app.manager import InstanceError
 
 router = APIRouter()
 
@@ -21,7 +22,7 @@ class LaunchRequest(BaseModel):
     env_vars: dict[str, str] = Field(default_factory=dict)
 
 
-def to_swap(body: LaunchRequest) -> SwapRequest:
+def to_swap(body: LaunchRequest) -> InstanceRequest:
     """`options` -> a swap request: --model and --port become fields of their own, the rest are arguments."""
     args = validation.split_args(body.options, "options")
     model = option_value(args, "--model")
@@ -38,12 +39,12 @@ def to_swap(body: LaunchRequest) -> SwapRequest:
             skip = True
         elif not arg.startswith(("--model=", "--port=")):
             rest.append(arg)
-    return SwapRequest(model=model, args=rest, env=body.env_vars, port=int(port) if port else None)
+    return InstanceRequest(model=model, args=rest, env=body.env_vars, port=int(port) if port else None)
 
 
 def status(phase: str) -> str:
     """The launcher's two statuses: `running` while the engine process is up (starting or ready), else `stopped`."""
-    return "running" if phase in OWNING_PHASES else "stopped"
+    return "running" if Phase(phase) in OWNING else "stopped"
 
 
 def describe(manager, config) -> dict:

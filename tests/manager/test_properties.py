@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from app import engine, render, validation
 from app.api.v2 import LaunchRequest, to_swap
-from app.instances import InstanceError, Manager, SwapRequest
+from app.instance import InstanceRequest as SwapRequest
+from app.manager import InstanceError, Manager
 from app.settings import Settings
 from tests.test_render import TEXT, parsed_programs
 
@@ -92,7 +93,7 @@ def test_the_manager_recognises_a_program_it_would_render_whatever_the_order_of_
         validation.env_vars(env)
     except ValueError:
         return
-    from app.instances import same_program
+    from app.render import same_program
     program = render.Program(name="x", argv=["vllm", "serve", "m", *args], environment=env)
     text = render.program_conf(manager.settings, program)
     reordered = render.Program(name="x", argv=program.argv, environment=dict(reversed(list(env.items()))))

@@ -8,11 +8,10 @@ import pytest
 from tests.manager.test_swap import wait_for
 
 
-@pytest.fixture(scope="module")
-def api(appliance):
-    with appliance.client(timeout=60) as client:
-        wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
-        yield appliance, client
+@pytest.fixture
+def api(fresh_appliance):
+    with fresh_appliance.client(timeout=60) as client:
+        yield fresh_appliance, client
 
 
 def services(appliance, client) -> dict[str, dict]:

@@ -12,10 +12,10 @@ import pytest
 from tests.appliance import processes_with_env
 
 
-@pytest.fixture(scope="module")
-def api(appliance):
-    with appliance.client(timeout=120) as client:
-        yield appliance, client
+@pytest.fixture
+def api(fresh_appliance):
+    with fresh_appliance.client(timeout=120) as client:
+        yield fresh_appliance, client
 
 
 def served(appliance, client, prefix="") -> list[str]:
@@ -89,10 +89,12 @@ def test_without_rollback_a_failure_leaves_the_instance_failed(api):
     ("vllm", {"args": []}, "model"),
     ("Not_An_Id", {"model": "acme/x"}, "instance id"),
     ("vllm", {"model": "acme/x", "modle": "typo"}, "Extra inputs are not permitted"),
-    ("vllm", {"model": "acme/x", "args": ["--port", "9"]}, "give the port as `port`"),
+    ("vllm", {"model": "acme/x", "args": ["--port", "19999"]}, "leave the port out"),
+    ("other", {"model": "acme/x", "args": ["--port", "9"]}, "greater than or equal to 1024"),
+    ("vllm", {"model": "org/m; touch x"}, "neither a Hugging Face id"),
     ("vllm", {"model": "acme/x", "args": ["--host=0.0.0.0"]}, "127.0.0.1 only"),
     ("vllm", {"model": "acme/x", "args": ["--model", "y"]}, "give the model as `model`"),
-    ("vllm", {"model": "acme/x", "port": 9999}, "leave `port` out"),
+    ("vllm", {"model": "acme/x", "port": 9999}, "leave the port out"),
     ("vllm", {"model": "acme/x", "gpus": [0]}, "no NVIDIA GPU here"),
     ("vllm", {"model": "acme/x", "gpus": [-1]}, "distinct GPU indices"),
     ("vllm", {"model": "acme/x", "env": {"X": "100%(here)s"}}, "'%('"),
@@ -220,3 +222,24 @@ def test_a_ready_engine_is_not_polled_into_a_noisy_log(api):
     size = len(appliance.log("vllm"))
     time.sleep(3)
     assert appliance.log("vllm")[size:].count("GET /health") == 0
+
+
+def test_a_deleted_instance_takes_its_log_along(api):
+    appliance, client = api
+    assert put(appliance, client, "logged", model="acme/logged-one", wait=True).json()["result"] == "ready"
+    assert "acme/logged-one" in appliance.log("logged")
+    assert client.delete(appliance.portal_url("/api/instances/logged")).status_code == 200
+    assert not (appliance.root / "var/log/portal/logged.log").exists()
+    assert put(appliance, client, "logged", model="acme/logged-two", wait=True).json()["result"] == "ready"
+    log = client.get(appliance.portal_url("/api/instances/logged/logs")).text
+    assert "acme/logged-two" in log and "acme/logged-one" not in log
+    assert client.delete(appliance.portal_url("/api/instances/logged")).status_code == 200
+
+
+def test_args_sent_as_one_string_are_split_like_a_shell_would(api):
+    appliance, client = api
+    answer = put(appliance, client, "quoted", model="acme/quoted", wait=True,
+                 args="--override-generation-config='{\"temperature\": 0.5}' --seed 3").json()
+    assert answer["result"] == "ready"
+    assert answer["args"] == ['--override-generation-config={"temperature": 0.5}', "--seed", "3"]
+    assert client.delete(appliance.portal_url("/api/instances/quoted")).status_code == 200

@@ -6,10 +6,10 @@ import pytest
 from tests.manager.test_swap import fingerprint, wait_for
 
 
-@pytest.fixture(scope="module")
-def v2(appliance):
-    with appliance.client(timeout=60) as client:
-        yield lambda path="": appliance.portal_url(f"/v2/vllm/instances{path}"), client
+@pytest.fixture
+def v2(fresh_appliance):
+    with fresh_appliance.client(timeout=60) as client:
+        yield lambda path="": fresh_appliance.portal_url(f"/v2/vllm/instances{path}"), client
 
 
 def test_health(appliance):

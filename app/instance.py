@@ -1,0 +1,192 @@
+"""An instance: one `vllm serve` engine under supervisor. Its saved configuration, validated here once, and its phases.
+
+Every way an instance is made (VLLM_MODEL / VLLM_ARGS at boot, PUT /api/instances, the llm-d /v2 API, saved state)
+goes through `InstanceConfig`, so the same rules hold everywhere: the engine listens on loopback only, its port is
+the instance's `port`, the model is a Hugging Face id or a local folder, and sizes are bounded.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app import validation
+
+DEFAULT_INSTANCE = "vllm"
+MAX_ARGS = 256
+MAX_ENV = 128
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# A Hub repository id: `name` or `org/name`; letters, digits, `-`, `_`, `.`; at most 96 characters each part.
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+class Phase(str, Enum):
+    """What an instance is doing. Its actor is the only writer (app/actor.py)."""
+    STOPPED = "stopped"
+    WAITING = "waiting"    # held back: provisioning runs, or the Hub cannot be reached yet
+    STARTING = "starting"
+    READY = "ready"        # /health answers and /v1/models lists the model
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+OWNING = {Phase.STARTING, Phase.READY, Phase.STOPPING}  # an instance in these phases holds its GPUs
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def without_option(args: list[str], name: str) -> list[str]:
+    """`args` less `name VALUE` / `name=VALUE`."""
+    rest, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            rest.append(arg)
+    return rest
+
+
+def model_reference(value: str, *, check_folder: bool = True) -> str:
+    """A Hugging Face id (`name` or `org/name`) or a local folder (an absolute path, or one starting with `.`)."""
+    validation.model_name(value)
+    if value.startswith(("/", "./", "../", "~")):
+        if check_folder and not Path(value).expanduser().is_dir():
+            raise ValueError(f"model {value!r} is not an existing local folder")
+        return value
+    if not HUB_ID.fullmatch(value) or ".." in value:
+        raise ValueError(f"model {value!r} is neither a Hugging Face id (`name` or `org/name` of letters, digits, "
+                         "`-`, `_`, `.`) nor a local folder (an absolute path)")
+    return value
+
+
+class InstanceConfig(BaseModel):
+    """One engine: a supervisor program running `vllm serve`.
+
+    Reserved options are settled here: `--model` in args is refused (the model is its own field), `--host` must be
+    a loopback address (Caddy publishes engines, with auth), and `--port` in args becomes `port`.
+    Validation context `{"check_folder": False}` skips the existence check of a local model folder (saved state
+    and boot: a volume may be mounted, or provisioning may download the model, after this is read).
+    """
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    model: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = None
+    share_gpus: bool = False
+    port: int = Field(ge=1024, le=65535)
+    served_model_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_from_args(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("args"), list):
+            args = [a for a in data["args"] if isinstance(a, str)]
+            port = option_value(args, "--port")
+            if port is None and "--port" in args:
+                raise ValueError("--port needs a value")
+            if port is not None:
+                if not port.isdigit():
+                    raise ValueError(f"--port {port!r} is not a port number")
+                if data.get("port") not in (None, int(port)):
+                    raise ValueError(f"--port {port} in args differs from port {data['port']}; give one of them")
+                data = {**data, "port": int(port), "args": without_option(data["args"], "--port")}
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validation.instance_id(value)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return model_reference(value, check_folder=(info.context or {}).get("check_folder", True))
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, args: list[str]) -> list[str]:
+        if len(args) > MAX_ARGS:
+            raise ValueError(f"at most {MAX_ARGS} arguments")
+        validation.engine_args(args)
+        for arg in args:
+            name = arg.split("=", 1)[0]
+            if name == "--model":
+                raise ValueError("--model is not allowed in args: give the model as `model`")
+        host = option_value(args, "--host")
+        if host is None and "--host" in args:
+            raise ValueError("--host needs a value")
+        if host is not None and host not in LOOPBACK:
+            raise ValueError(f"--host {host} would publish the engine without auth: engines listen on 127.0.0.1 "
+                             "only, and Caddy publishes them with TLS and auth; leave --host out")
+        return args
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str]) -> dict[str, str]:
+        if len(env) > MAX_ENV:
+            raise ValueError(f"at most {MAX_ENV} environment variables")
+        return validation.env_vars(env)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, gpus: list[int] | None) -> list[int] | None:
+        if gpus is not None and (any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus)):
+            raise ValueError("gpus must be distinct GPU indices (0, 1, ...), or null for automatic")
+        return gpus
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _served(cls, value: str | None) -> str | None:
+        return None if value is None else validation.model_name(value)
+
+    @property
+    def name_served(self) -> str:
+        """The model name /v1/models lists: --served-model-name if given, else the model."""
+        return self.served_model_name or option_value(self.args, "--served-model-name") or self.model
+
+
+class InstanceRequest(BaseModel):
+    """PUT /api/instances/{id}: create or swap. `args` may be a list or one shell-quoted string (split with shlex)."""
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    args: list[str] | str = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = None
+    share_gpus: bool = False
+    served_model_name: str | None = None
+    port: int | None = None
+    wait: bool = False
+    rollback: bool = True
+    timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")
+
+    @field_validator("args")
+    @classmethod
+    def _split(cls, args: list[str] | str) -> list[str]:
+        return validation.split_args(args, "args") if isinstance(args, str) else args
+
+
+def error_message(exc: Exception) -> str:
+    """A pydantic error (or any ValueError) as one line naming the field."""
+    errors = getattr(exc, "errors", None)
+    if errors:
+        parts = []
+        for e in errors():
+            where = ".".join(str(p) for p in e["loc"])
+            message = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,260 @@
+"""The manager: the saved instances, one actor for each, and the checks that involve more than one instance.
+
+It validates a request into an `InstanceConfig` and checks its claims (a port, GPUs) against every other
+instance in the same step, with no await in between, so two requests in flight cannot be given the same port or
+GPU; then it hands the command to the instance's actor (app/actor.py), the only writer of that instance's phase.
+A one-second monitor reads supervisor once for all programs and sends each actor its reading.
+
+At its start the manager reconciles supervisor and Caddy with the saved state (the truth), so a manager killed
+between saving and applying a change finishes it when supervisor brings it back.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from app import boot_record, engine, provisioning
+from app.actor import Command, InstanceActor, InstanceError, Observation
+from app.effects import Effects
+from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
+from app.portal_config import Ports
+from app.settings import Settings
+from app.state import Store
+
+__all__ = ["InstanceError", "Manager"]
+
+
+class Manager:
+    def __init__(self, settings: Settings, fx: Effects | None = None):
+        self.settings = settings
+        self.fx = fx or Effects(settings)
+        self.store = Store(settings)
+        self.ports = Ports.read(settings.portal_yaml)
+        self.actors: dict[str, InstanceActor] = {}
+        self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
+
+    # --- actors ------------------------------------------------------------------------------------------------
+    def actor(self, instance_id: str) -> InstanceActor:
+        if instance_id not in self.actors:
+            self.actors[instance_id] = InstanceActor(instance_id, self, held=self.held.pop(instance_id, None))
+        return self.actors[instance_id]
+
+    def forget(self, actor: InstanceActor) -> None:
+        """A deleted instance's actor, with nothing more to do, ends."""
+        if self.actors.get(actor.id) is actor:
+            del self.actors[actor.id]
+            actor.task.cancel()
+
+    def released(self, instance_id: str) -> None:
+        """The boot's hold on an engine is over (the Hub answered, or a command took over)."""
+        boot_record.release(self.settings, instance_id)
+
+    # --- reading -----------------------------------------------------------------------------------------------
+    def known(self) -> dict[str, InstanceConfig]:
+        """The saved instances, and the latest accepted config of each with a swap on its way (it claims its port
+        and GPUs already)."""
+        pending = {i: a.desired for i, a in self.actors.items() if a.desired is not None}
+        return {**self.store.instances, **pending}
+
+    def get(self, instance_id: str) -> InstanceConfig:
+        config = self.known().get(instance_id)
+        if not config:
+            raise InstanceError(404, f"no instance {instance_id!r}")
+        return config
+
+    def view(self, config: InstanceConfig) -> dict:
+        return self.view_of(self.actors.get(config.id), config)
+
+    def view_of(self, actor: InstanceActor | None, config: InstanceConfig | None) -> dict:
+        if config is None:
+            config = self.get(actor.id) if actor else None
+            assert config is not None
+        rt = actor.rt if actor else None
+        phase = actor.shown_phase() if actor else Phase.STOPPED
+        owning = phase in (Phase.STARTING, Phase.READY, Phase.STOPPING)
+        view = {**config.model_dump(), "served_model_name": config.name_served, "state": phase.value,
+                "reason": rt.reason if rt else None, "since": rt.since if rt else None,
+                "restarts": rt.restarts if rt else 0, "pid": rt.pid if rt and rt.pid and owning else None,
+                "uptime": round(time.time() - rt.since, 1) if rt and phase == Phase.READY else None,
+                "command": engine.program(self.settings, config, gpu_count=self.fx.gpu_count()).argv}
+        if phase in (Phase.STARTING, Phase.FAILED):
+            view["last_log"] = self.fx.last_log(config.id)
+        return view
+
+    def phase(self, instance_id: str) -> Phase:
+        actor = self.actors.get(instance_id)
+        return actor.shown_phase() if actor else Phase.STOPPED
+
+    def engine_pids(self) -> dict[int, str]:
+        return {a.rt.pid: i for i, a in self.actors.items() if a.rt.pid}
+
+    def gpu_holders(self) -> dict[int, str]:
+        """GPU index -> the running instance that holds it alone (not shared): the owner of its processes whose
+        pids NVML gives from another pid namespace (a container)."""
+        count, holders = self.fx.gpu_count(), {}
+        for config in self.store.instances.values():
+            if self.phase(config.id) in (Phase.STARTING, Phase.READY, Phase.STOPPING) and not config.share_gpus:
+                for index in (config.gpus if config.gpus is not None else range(count)):
+                    holders[index] = config.id
+        return holders
+
+    # --- validating and claiming -----------------------------------------------------------------------------------
+    def build(self, instance_id: str, request: InstanceRequest) -> InstanceConfig:
+        """A request as a config (ValueError: bad input; InstanceError 409: a port or GPU is taken)."""
+        claims = self.known()
+        port = request.port
+        if port is None and option_value(request.args, "--port") is None:
+            port = (self.ports.api_port if instance_id == DEFAULT_INSTANCE
+                    else claims[instance_id].port if instance_id in claims else self.free_port(claims))
+        config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
+                                gpus=request.gpus, share_gpus=request.share_gpus,
+                                served_model_name=request.served_model_name, port=port)
+        if instance_id == DEFAULT_INSTANCE and config.port != self.ports.api_port:
+            raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.ports.api_port}, from "
+                             "PORTAL_CONFIG); leave the port out")
+        engine.check_environment(self.settings, config)  # what supervisor could not carry
+        self.check_gpus_exist(config)
+        self.check_ownership(config, self.actors.get(instance_id), claims)
+        return config
+
+    def free_port(self, claims: dict[str, InstanceConfig]) -> int:
+        """The first port of ENGINE_PORTS that no instance claims, the appliance does not use and nothing listens on."""
+        taken = {c.port for c in claims.values()} | set(self.ports.taken())
+        for port in self.settings.engine_port_range:
+            if port in taken:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        raise InstanceError(409, f"no free port left in ENGINE_PORTS ({self.settings.engine_ports})")
+
+    def check_gpus_exist(self, config: InstanceConfig) -> None:
+        if not config.gpus:
+            return
+        count = self.fx.gpu_count()
+        if count == 0:
+            raise ValueError(f"gpus {config.gpus} given, but there is no NVIDIA GPU here ({self.fx.gpu_reason()}); "
+                             "leave gpus out (null)")
+        missing = [g for g in config.gpus if g >= count]
+        if missing:
+            raise ValueError(f"GPU {missing[0]} does not exist: there are {count} GPUs (0-{count - 1})")
+
+    def check_ownership(self, config: InstanceConfig, mine: InstanceActor | None,
+                        claims: dict[str, InstanceConfig] | None = None) -> None:
+        """409 if another instance has this port, or (while it runs or is about to) one of these GPUs and they do
+        not both share."""
+        claims = self.known() if claims is None else claims
+        taken = self.ports.taken()
+        if config.id != DEFAULT_INSTANCE and config.port in taken:
+            raise InstanceError(409, f"port {config.port} is {taken[config.port]}; choose another or leave it out")
+        count = self.fx.gpu_count()
+        wanted = set(config.gpus) if config.gpus is not None else set(range(count))
+        for other in claims.values():
+            if other.id == config.id:
+                continue
+            if other.port == config.port:
+                raise InstanceError(409, f"port {config.port} is used by instance {other.id!r}")
+            actor = self.actors.get(other.id)
+            if actor is None or actor is mine or not actor.claims_gpus:
+                continue
+            theirs = set(other.gpus) if other.gpus is not None else set(range(count))
+            shared = wanted & theirs
+            if shared and not (config.share_gpus and other.share_gpus):
+                raise InstanceError(409, f"GPU {min(shared)} is owned by instance {other.id!r} "
+                                         "(set share_gpus on both to share it)")
+
+    # --- commands ------------------------------------------------------------------------------------------------
+    async def swap(self, instance_id: str, request: InstanceRequest) -> dict:
+        try:
+            config = self.build(instance_id, request)
+        except ValueError as exc:
+            raise InstanceError(422, error_message(exc)) from None
+        actor = self.actor(instance_id)
+        done = actor.submit(Command("swap", config, rollback=request.rollback, timeout=request.timeout))
+        if request.wait:
+            return await asyncio.shield(done)
+        done.add_done_callback(_quiet)
+        return {**self.view_of(actor, config), "accepted": actor.seq}
+
+    async def command(self, instance_id: str, kind: str) -> dict:
+        """start, stop, restart or delete; answered once the actor carried it out (or superseded it)."""
+        self.get(instance_id)
+        return await asyncio.shield(self.actor(instance_id).submit(Command(kind)))
+
+    async def start(self, instance_id: str) -> dict:
+        return await self.command(instance_id, "start")
+
+    async def stop(self, instance_id: str) -> dict:
+        return await self.command(instance_id, "stop")
+
+    async def restart(self, instance_id: str) -> dict:
+        return await self.command(instance_id, "restart")
+
+    async def delete(self, instance_id: str) -> dict:
+        return await self.command(instance_id, "delete")
+
+    async def routes_changed(self) -> None:
+        await self.fx.reload_routes(list(self.store.instances.values()))
+
+    # --- following supervisor ----------------------------------------------------------------------------------
+    async def monitor(self, interval: float = 1.0) -> None:
+        """Read supervisor once a second and send every actor its reading. A failure is logged once, not every round,
+        and so is the recovery from it."""
+        failing = None
+        while True:
+            try:
+                await self.observe()
+                if failing:
+                    print("manager: monitor: supervisord answers again", flush=True)
+                failing = None
+            except Exception as exc:  # noqa: BLE001 (keep monitoring through a supervisor hiccup)
+                reason = self.fx.explain(exc)
+                if reason != failing:
+                    print(f"manager: monitor: {reason}", flush=True)
+                failing = reason
+            await asyncio.sleep(interval)
+
+    async def observe(self) -> None:
+        taken_at = time.monotonic()
+        infos = await self.fx.processes()
+        waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
+        for instance_id in self.store.instances:
+            self.actor(instance_id).observe(Observation(infos.get(instance_id), taken_at, instance_id in waiting))
+
+    async def reconcile(self) -> None:
+        """At the manager's start: make supervisor's programs and Caddy's routes match the saved state again.
+
+        If a previous manager died between saving a config and applying it, the program file is rewritten and the
+        process group replaced; unchanged programs are left alone; programs of deleted instances are removed.
+        """
+        saved = self.store.instances
+        names = set(saved)
+        for name in self.fx.rendered_engines() - names:
+            self.fx.remove_program(name)
+            names.add(name)
+        for config in saved.values():
+            self.fx.write_program(config, autostart=config.id not in self.held)
+        added, changed, removed = await self.fx.apply(names)
+        if added or changed or removed:
+            print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "
+                  f"removed {removed}", flush=True)
+        await self.routes_changed()
+        for instance_id in saved:
+            self.actor(instance_id)
+        await self.observe()
+
+    async def aclose(self) -> None:
+        for actor in self.actors.values():
+            actor.task.cancel()
+        await self.fx.aclose()
+
+
+def _quiet(done: asyncio.Future) -> None:
+    """A swap nobody waits for: its failure is in the instance's reason already; log it, do not raise it."""
+    if not done.cancelled() and done.exception() is not None:
+        print(f"manager: swap: {done.exception()!r}", flush=True)
+
