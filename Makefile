@@ -6,7 +6,7 @@ APPLIANCE_ROOT ?= $(CURDIR)/.appliance
 # `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
 RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
-.PHONY: run test test-fast bench lint install engine system-packages clean
+.PHONY: run test test-fast test-unit bench lint install engine system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,8 @@ run: install engine
 	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" VLLM_CPU_KVCACHE_SPACE="$${VLLM_CPU_KVCACHE_SPACE-2}" ./entrypoint.sh
 
 lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 # Debian packages the tests use: chromium for the portal's browser tests (never a browser download of
@@ -42,6 +44,10 @@ test: install lint system-packages
 # The control-plane tests only (no real engine).
 test-fast: install
 	$(VENV)/bin/python -m pytest -m "not engine"
+
+# The unit tier: logic only, no processes, seconds.
+test-unit: install
+	$(VENV)/bin/python -m pytest tests/unit -q
 
 bench: install engine
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }

@@ -92,10 +92,11 @@ class Sampler:
     """Reads every GPU every `interval` seconds in a daemon thread; `latest` never blocks."""
 
     def __init__(self, interval: float = 1.0):
-        self.interval, self.latest = interval, []
+        self.interval = interval
+        self.latest: list[dict] = []
         self._thread = threading.Thread(target=self._run, daemon=True, name="gpu-sampler")
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._thread.start()
         return self
 

@@ -7,7 +7,7 @@ the instance's `port`, the model is a Hugging Face id or a local folder, and siz
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -22,7 +22,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     """What an instance is doing. Its actor is the only writer (app/actor.py)."""
     STOPPED = "stopped"
     WAITING = "waiting"    # held back: provisioning runs, or the Hub cannot be reached yet
@@ -163,7 +163,7 @@ class InstanceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    args: list[str] | str = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list, description="a list, or one shell-quoted string")
     env: dict[str, str] = Field(default_factory=dict)
     gpus: list[int] | None = None
     share_gpus: bool = False
@@ -173,9 +173,9 @@ class InstanceRequest(BaseModel):
     rollback: bool = True
     timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")
 
-    @field_validator("args")
+    @field_validator("args", mode="before")
     @classmethod
-    def _split(cls, args: list[str] | str) -> list[str]:
+    def _split(cls, args):
         return validation.split_args(args, "args") if isinstance(args, str) else args
 
 

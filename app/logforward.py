@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from supervisor import childutils
+from supervisor import childutils  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """GPUs on the real appliance, with a fake NVML in its processes (tests/fakes/nvml.py, EngineNVML): ownership
-(409 naming the owner), sharing, CUDA_VISIBLE_DEVICES and the parallel size, and /api/stats naming each GPU's instance."""
+(409 naming the owner), sharing, CUDA_VISIBLE_DEVICES and the parallel size, and /api/stats naming each GPU's
+instance."""
 from __future__ import annotations
 
 import pytest

@@ -35,7 +35,8 @@ def test_manager_killed_while_an_engine_starts_leaves_a_consistent_state(boot):
 def test_the_api_choice_survives_a_restart_until_the_environment_changes(boot):
     app = boot({"VLLM_MODEL": "acme/from-env"})
     with app.client(timeout=60) as client:
-        assert put(app, client, "vllm", model="acme/from-api", args=["--seed", "3"], wait=True).json()["result"] == "ready"
+        answer = put(app, client, "vllm", model="acme/from-api", args=["--seed", "3"], wait=True)
+        assert answer.json()["result"] == "ready"
         assert put(app, client, "extra", model="acme/extra", wait=True).json()["result"] == "ready"
     app.stop()
     app.start()

@@ -27,7 +27,8 @@ def put(appliance, client, instance, **body):
 
 
 def fingerprint(appliance) -> dict[str, str]:
-    files = [appliance.root / "workspace/.appliance/instances.json", *sorted((appliance.root / "etc/supervisor/conf.d").glob("*.conf"))]
+    files = [appliance.root / "workspace/.appliance/instances.json",
+             *sorted((appliance.root / "etc/supervisor/conf.d").glob("*.conf"))]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
@@ -149,7 +150,8 @@ def test_new_instances_created_at_once_get_distinct_ports(api):
         answers = list(pool.map(lambda n: put(appliance, client, n, model=f"acme/{n}").json(), names))
     assert len({a["port"] for a in answers}) == 4, answers
     for name in names:
-        wait_for(lambda: client.get(appliance.portal_url(f"/api/instances/{name}")).json()["state"] == "ready")
+        wait_for(lambda name=name: client.get(appliance.portal_url(f"/api/instances/{name}")).json()["state"]
+                 == "ready")
         assert served(appliance, client, f"/instances/{name}") == [f"acme/{name}"]
     clash = put(appliance, client, "par-x", model="acme/x", port=answers[0]["port"])
     assert clash.status_code == 409 and "instance 'par-0'" in clash.text
