@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app import credentials, portal_config
+from app import credentials
 from app.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
@@ -24,8 +24,8 @@ def saved_token(settings) -> str:
 
 def page(request: Request, name: str) -> HTMLResponse:
     settings = request.app.state.settings
-    _, apps = portal_config.load(settings.portal_yaml) if settings.portal_yaml.exists() else ("", [])
-    api, own = portal_config.find(apps, "vLLM"), portal_config.find(apps, portal_config.PORTAL_NAME)
+    ports = request.app.state.manager.ports
+    apps, api, own = ports.apps, ports.api, ports.portal
     # The Apps page may need the token: behind a proxy that puts the port in the host name
     # (RunPod: https://<pod>-8000.proxy.runpod.net) the cookie of this host does not reach the other ports,
     # so links to them carry ?token= (Caddy sets the cookie there and drops it from the address).
