@@ -161,11 +161,9 @@ async function pollModels() {  // every 2 s, every second while an engine starts
   try { busy = await models(); } catch (error) { /* the header says when the manager is unreachable */ }
   setTimeout(pollModels, busy ? 1000 : 2000);
 }
+// Arguments are shown as one shell-quoted string and sent back as that string: the server splits it (shlex).
 function quoteArgs(args) {
-  return (args || []).map((a) => (/[\s"']/.test(a) ? (a.includes('"') ? `'${a}'` : `"${a}"`) : a)).join(" ");
-}
-function splitArgs(text) {
-  return (text.match(/"[^"]*"|'[^']*'|\S+/g) || []).map((a) => a.replace(/^(["'])(.*)\1$/, "$2"));
+  return (args || []).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'"'"'`)}'`)).join(" ");
 }
 async function copyText(text) {
   // The Clipboard API exists only in a secure context; on plain http (ENABLE_HTTPS=false without a TLS proxy)
@@ -216,7 +214,7 @@ function setupModels() {
     event.preventDefault();
     const form = event.target, result = $("#swap-result");
     const gpus = form.gpus.value.trim();
-    const body = { model: form.model.value.trim(), args: splitArgs(form.args.value),
+    const body = { model: form.model.value.trim(), args: form.args.value,
                    gpus: gpus ? gpus.split(",").map((g) => parseInt(g, 10)) : null, share_gpus: form.share_gpus.checked };
     result.textContent = "Sending…";
     try {
