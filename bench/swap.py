@@ -23,7 +23,7 @@ ENGINE_ARGS = ["--max-model-len", "256", "--kv-cache-memory-bytes", "134217728",
 
 
 def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: float,
-                 hub: str) -> tuple[float, float]:
+                 hub: str, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Seconds from starting `vllm serve` by hand until /v1/models lists the model, then from SIGTERM until its
     last process is gone (a swap waits for that too)."""
     port = free_port()
@@ -31,7 +31,7 @@ def direct_start(vllm: Path, model: str, args: list[str], name: str, timeout: fl
     process = subprocess.Popen([str(vllm), "serve", model, "--host", "127.0.0.1", "--port", str(port),
                                 "--served-model-name", name, *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, "HF_ENDPOINT": hub})
+                               env={**os.environ, "HF_ENDPOINT": hub, **(env or {})})
     try:
         while time.perf_counter() - started < timeout:
             try:

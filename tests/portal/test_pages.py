@@ -150,7 +150,7 @@ def test_models_page_swaps_a_model_to_ready_and_shows_snippets(portal):
     assert page.input_value("#swap input[name=model]") == "acme/tiny-chat"
     assert page.input_value("#swap input[name=id]") == "vllm"
     page.fill("#swap input[name=model]", "acme/swapped-in-browser")
-    page.fill("#swap input[name=args]", "--seed 5")
+    page.fill("#swap input[name=args]", """--seed 5 --override-generation-config='{"temperature": 0.5}'""")
     page.fill("#swap input[name=gpus]", "0")
     page.click("#swap button[type=submit]")
     page.wait_for_function("document.querySelector('#swap-result').textContent.startsWith('Accepted')")
@@ -159,6 +159,9 @@ def test_models_page_swaps_a_model_to_ready_and_shows_snippets(portal):
                            timeout=20000)
     card = page.inner_text(".instance[data-id=vllm]")
     assert re.search(r"GPUs\s+0\b", card) and "Restarts" in card and "Uptime" in card
+    with app.client() as client:  # the server split the string like a shell: the JSON is one argument
+        args = client.get(app.portal_url("/api/instances/vllm")).json()["args"]
+    assert args == ["--seed", "5", '--override-generation-config={"temperature": 0.5}']
     page.click(".instance[data-id=vllm] details summary")
     snippet = page.inner_text(".instance pre.snippet")
     assert f"https://127.0.0.1:{app.api_port}/v1/chat/completions" in snippet and "acme/swapped-in-browser" in snippet
