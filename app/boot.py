@@ -71,8 +71,7 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
     return programs
 
 
-def control_programs(settings: Settings, apps: list[portal_config.PortalApp]) -> list[render.Program]:
-    portal = portal_config.find(apps, portal_config.PORTAL_NAME)
+def control_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
     caddy_env = {"XDG_DATA_HOME": str(settings.caddy_data_dir), "XDG_CONFIG_HOME": str(settings.caddy_data_dir),
                  "HOME": str(settings.caddy_data_dir)}
     return [
@@ -80,7 +79,7 @@ def control_programs(settings: Settings, apps: list[portal_config.PortalApp]) ->
                                            "--adapter", "caddyfile"],
                        environment=caddy_env, priority=100),
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                             "--port", str(portal.internal_port if portal else 11111)],
+                                             "--port", str(ports.manager_port)],
                        priority=200),
     ]
 
@@ -107,8 +106,9 @@ def boot(settings: Settings) -> Path:
 
     prepared = provisioning.prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
-    programs = control_programs(settings, apps)
-    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, portal_config.Ports(apps))
+    ports = portal_config.Ports(apps)
+    programs = control_programs(settings, ports)
+    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, ports)
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait
 
     write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
