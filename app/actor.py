@@ -20,6 +20,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app import metrics
 from app.instance import InstanceConfig, Phase
 
 if TYPE_CHECKING:
@@ -162,6 +163,13 @@ class InstanceActor:
 
     # --- commands ----------------------------------------------------------------------------------------------------
     async def _swap(self, command: Command) -> dict:
+        started = time.monotonic()
+        answer = await self._swap_steps(command)
+        if answer["result"] != SUPERSEDED:
+            metrics.swap_done(self.id, answer["result"], time.monotonic() - started)
+        return answer
+
+    async def _swap_steps(self, command: Command) -> dict:
         new, old = command.config, self.manager.store.get(self.id)
         assert new is not None
         self._set(Phase.STARTING)
