@@ -61,8 +61,7 @@ def hub():
         yield address
 
 
-@pytest.fixture
-def boot(tmp_path_factory):
+def _booter(tmp_path_factory):
     """Boot appliances with the given env; every one is stopped, and checked for leftovers, at teardown."""
     started: list[Appliance] = []
 
@@ -81,6 +80,17 @@ def boot(tmp_path_factory):
         except AssertionError as exc:
             errors.append(str(exc))
     assert not errors, errors
+
+
+@pytest.fixture
+def boot(tmp_path_factory):
+    yield from _booter(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def boot_session(tmp_path_factory):
+    """`boot` for appliances shared by a whole session (stopped at its end)."""
+    yield from _booter(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

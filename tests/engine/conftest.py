@@ -41,3 +41,18 @@ def tiny_model(engine_bin, tmp_path_factory):
         return built[name]
 
     return _build
+
+
+@pytest.fixture(scope="session")
+def real_app(boot_session, engine_bin, tiny_model):
+    """One appliance serving the real engine (tiny-a as `vllm` at first), shared by the engine tests: a real start
+    costs about a minute on 2 cores. Tests read what it serves instead of assuming it."""
+    model = tiny_model("tiny-a")
+    app = boot_session({"VLLM_MODEL": str(model), "VLLM_ARGS": f"{ENGINE_ARGS} --served-model-name tiny-a"},
+                       path_prefix=[engine_bin], start=False)
+    app.start(timeout=READY_TIMEOUT)
+    return app
+
+
+def served(app, client) -> str:
+    return client.get(app.api_url("/v1/models")).json()["data"][0]["id"]

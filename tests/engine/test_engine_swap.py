@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.conftest import ENGINE_ARGS, READY_TIMEOUT
+from tests.engine.conftest import ENGINE_ARGS, READY_TIMEOUT, served
 
 pytestmark = pytest.mark.engine
 
@@ -14,16 +14,15 @@ def complete(app, client, model: str) -> str:
     return response.json()["choices"][0]["text"]
 
 
-def test_swap_between_two_tiny_models(boot, engine_bin, tiny_model):
-    first, second = tiny_model("tiny-a"), tiny_model("tiny-b", seed=1)
-    app = boot({"VLLM_MODEL": str(first), "VLLM_ARGS": f"{ENGINE_ARGS} --served-model-name tiny-a"},
-               start=False, path_prefix=[engine_bin])
-    app.start(timeout=READY_TIMEOUT)
+def test_swap_between_two_tiny_models(real_app, tiny_model):
+    app = real_app
     with app.client(timeout=READY_TIMEOUT) as client:
-        assert complete(app, client, "tiny-a")
+        before = served(app, client)
+        after = "tiny-b" if before == "tiny-a" else "tiny-a"
+        assert complete(app, client, before)
         answer = client.put(app.portal_url("/api/instances/vllm"), json={
-            "model": str(second), "args": ENGINE_ARGS.split(), "served_model_name": "tiny-b",
-            "wait": True, "timeout": READY_TIMEOUT})
+            "model": str(tiny_model(after, seed=int(after == "tiny-b"))), "args": ENGINE_ARGS.split(),
+            "served_model_name": after, "wait": True, "timeout": READY_TIMEOUT})
         assert answer.json()["result"] == "ready", answer.text
-        assert [m["id"] for m in client.get(app.api_url("/v1/models")).json()["data"]] == ["tiny-b"]
-        assert complete(app, client, "tiny-b")
+        assert [m["id"] for m in client.get(app.api_url("/v1/models")).json()["data"]] == [after]
+        assert complete(app, client, after)
