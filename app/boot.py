@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from app import credentials, engine, gpu, portal_config, provisioning, render, state, tls, validation
+from app import credentials, engine, gpu, portal_config, render, state, tls, validation
+from app.provisioning.prepare import prepare
 from app.settings import Settings, get_settings
 
 
@@ -115,7 +116,7 @@ def boot(settings: Settings) -> Path:
     if settings.enable_https and tls.ensure_certificate(settings):
         log(f"created a self-signed TLS certificate: {settings.cert_file}")
 
-    prepared = provisioning.prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
+    prepared = prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
     programs = control_programs(settings, apps)
     programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, apps)

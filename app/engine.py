@@ -1,6 +1,8 @@
 """The `vllm serve` command line of an engine program."""
 from __future__ import annotations
 
+from app.provisioning.record import engine_env
+
 NOTE = "rendered from the saved state; change it through the API"  # first line of every engine program file
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
                     "--data-parallel-size", "-dp")
@@ -39,8 +41,7 @@ def environment(settings, config) -> dict[str, str]:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
-    from app import provisioning  # the manifest's and boot hooks' env for every engine
-    return {**env, **provisioning.engine_env(settings), **config.env}
+    return {**env, **engine_env(settings), **config.env}  # + the manifest's and boot hooks' env (saved at boot)
 
 
 def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
