@@ -8,13 +8,14 @@ comes up; a bad setting that would weaken auth or TLS stops the boot.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
 
 import httpx
 
-from app import credentials, engine, gpu, portal_config, render, state, tls, validation
+from app import boot_lock, checks, credentials, engine, gpu, portal_config, render, state, tls, validation
 from app.provisioning.prepare import prepare
 from app.settings import Settings, get_settings
 
@@ -90,9 +91,11 @@ def control_programs(settings: Settings, apps: list[portal_config.PortalApp]) ->
         render.Program(name="caddy", argv=["caddy", "run", "--config", str(settings.caddyfile),
                                            "--adapter", "caddyfile"],
                        environment=caddy_env, priority=100),
+        # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
+        # supervisord's environment, which the entrypoint scrubs of secrets).
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(portal.internal_port if portal else 11111)],
-                       priority=200),
+                       environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),
     ]
 
 
@@ -105,19 +108,37 @@ def ray_program(settings: Settings) -> render.Program | None:
     return render.Program(name="ray", argv=[ray, "start", "--block", *args], autostart=False, priority=800)
 
 
-def boot(settings: Settings) -> Path:
+def boot(settings: Settings, pid: int | None = None) -> Path:
+    """Render everything supervisord needs; `pid` is the entrypoint's (it becomes supervisord), recorded so that
+    a later boot of this root knows whether this one still runs."""
     for folder in settings.folders():
         folder.mkdir(parents=True, exist_ok=True)
     settings.run_dir.chmod(0o700)
+    with boot_lock.claim(settings, pid, log):
+        return _boot(settings)
 
+
+def _boot(settings: Settings) -> Path:
     token, generated = credentials.resolve_token(settings)
+    if not generated and settings.open_button_token:
+        # The manager reads the token from this file: OPEN_BUTTON_TOKEN is kept out of every program's environment.
+        credentials.write_private(settings.token_file, token + "\n")
     validation.username(settings.web_username)
     password = credentials.password(settings, token)
-    if settings.enable_https and tls.ensure_certificate(settings):
+    why = tls.ensure_certificate(settings) if settings.enable_https else None
+    if why == "created":
         log(f"created a self-signed TLS certificate: {settings.cert_file}")
+    elif why:
+        log(f"{why}; the new self-signed TLS certificate is {settings.cert_file} (clients that trusted the old one "
+            "must download this one)")
 
     prepared = prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
+    kept = checks.port_collisions(apps, log)
+    if kept != apps:
+        portal_config.write(settings.portal_yaml, prepared.portal_config, kept)  # the manager reads this file
+        apps = kept
+    settings = checks.auth_exclude(settings, apps, log)
     programs = control_programs(settings, apps)
     programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, apps)
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait
@@ -142,10 +163,17 @@ def boot(settings: Settings) -> Path:
     return settings.supervisord_conf
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.boot")
+    parser.add_argument("--pid", type=int, help="the entrypoint's pid (supervisord's, once it execs)")
+    args = parser.parse_args(argv)
     try:
         settings = get_settings()
-        conf = boot(settings)
+        conf = boot(settings, args.pid)
+    except boot_lock.AlreadyRunning as exc:
+        log(f"ERROR: {exc}")
+        log("this boot stops here; the running appliance is left as it is")
+        return 1
     except ValueError as exc:
         log(f"ERROR: {exc}")
         log("the appliance did not start: fix the setting above and start it again")

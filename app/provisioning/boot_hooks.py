@@ -14,9 +14,14 @@ HOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHELL_VARS = {"_", "SHLVL", "PWD", "OLDPWD", "BASHOPTS", "SHELLOPTS", "BASH_EXECUTION_STRING"}
 
 
+# The admin credentials stay with the boot (Caddy's config, the token file): no hook sees them.
+# HF_TOKEN is kept: a hook may download models, as a provisioning script may.
+ADMIN_SECRETS = ("OPEN_BUTTON_TOKEN", "WEB_PASSWORD", "API_KEYS")
+
+
 def _hook_env(settings: Settings, name: str) -> dict[str, str]:
-    return {**os.environ, "WORKSPACE": str(settings.workspace), "HF_HOME": str(settings.hf_home),
-            "BOOT_HOOK": name}
+    inherited = {k: v for k, v in os.environ.items() if k not in ADMIN_SECRETS}
+    return {**inherited, "WORKSPACE": str(settings.workspace), "HF_HOME": str(settings.hf_home), "BOOT_HOOK": name}
 
 
 def _run_hook(settings: Settings, argv: list[str], name: str, *, capture_env: bool = False) -> tuple[int, str]:

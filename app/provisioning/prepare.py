@@ -71,6 +71,8 @@ class Prepared:
         if configured(settings):
             programs.append(render.Program(
                 name=PROGRAM, argv=[sys.executable, "-m", "app.provisioning", "run"], autostart=self.pending,
+                # A download step (models, and scripts that fetch gated models as on Vast.ai): it gets HF_TOKEN.
+                environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {},
                 autorestart="false", startsecs=0, startretries=0, stopwaitsecs=30, priority=300,
                 note="one-shot; re-run it with POST /api/provisioning/rerun"))
         sshd = ssh_program(settings)
