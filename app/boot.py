@@ -120,11 +120,13 @@ def boot(settings: Settings, pid: int | None = None) -> Path:
 
 def _boot(settings: Settings) -> Path:
     token, generated = credentials.resolve_token(settings)
-    if not generated and settings.open_button_token:
+    saved = settings.token_file.read_text().strip() if settings.token_file.exists() else ""
+    if settings.open_button_token and saved != token:
         # The manager reads the token from this file: OPEN_BUTTON_TOKEN is kept out of every program's environment.
         credentials.write_private(settings.token_file, token + "\n")
     validation.username(settings.web_username)
     password = credentials.password(settings, token)
+    settings = checks.public_addresses(settings, log)
     why = tls.ensure_certificate(settings) if settings.enable_https else None
     if why == "created":
         log(f"created a self-signed TLS certificate: {settings.cert_file}")

@@ -6,6 +6,7 @@ setting allows it, with a WARNING at every boot.
 """
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 from app.portal_config import PORTAL_NAME, PortalApp, find
@@ -59,3 +60,18 @@ def port_collisions(apps: list[PortalApp], log: Log) -> list[PortalApp]:
         kept.append(app)
         taken.update(dict.fromkeys(_bound_here(app), app))
     return kept
+
+
+def public_addresses(settings: Settings, log: Log) -> Settings:
+    """PUBLIC_IPADDR / RUNPOD_PUBLIC_IP only name the box in the certificate: a malformed one is left out (with an
+    ERROR line), not a reason to keep the portal down."""
+    blank = {}
+    for field, name in (("public_ipaddr", "PUBLIC_IPADDR"), ("runpod_public_ip", "RUNPOD_PUBLIC_IP")):
+        value = getattr(settings, field).strip()
+        try:
+            if value:
+                ipaddress.ip_address(value)
+        except ValueError:
+            log(f"ERROR: {name} {value!r} is not an IP address; the certificate does not name it")
+            blank[field] = ""
+    return settings.model_copy(update=blank) if blank else settings
