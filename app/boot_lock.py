@@ -52,7 +52,7 @@ def _start_time(pid: int) -> str | None:
 
 def _ancestors() -> set[int]:
     pids, pid = set(), os.getpid()
-    while pid > 1:
+    while pid > 0:  # up to and including pid 1 (the entrypoint, in a container)
         pids.add(pid)
         try:
             pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

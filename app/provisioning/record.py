@@ -21,7 +21,6 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-# --- the record ---------------------------------------------------------------------------------------------
 def load_record(settings: Settings) -> dict:
     try:
         return json.loads(settings.provisioning_record.read_text())
