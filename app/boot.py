@@ -140,7 +140,7 @@ def _boot(settings: Settings) -> Path:
     if kept != apps:
         portal_config.write(settings.portal_yaml, prepared.portal_config, kept)  # the manager reads this file
         apps = kept
-    settings = checks.auth_exclude(settings, apps, log)
+    settings = checks.other_ports(checks.auth_exclude(settings, apps, log), apps, log)
     programs = control_programs(settings, apps)
     programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, apps)
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait

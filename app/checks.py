@@ -75,3 +75,22 @@ def public_addresses(settings: Settings, log: Log) -> Settings:
             log(f"ERROR: {name} {value!r} is not an IP address; the certificate does not name it")
             blank[field] = ""
     return settings.model_copy(update=blank) if blank else settings
+
+
+def other_ports(settings: Settings, apps: list[PortalApp], log: Log) -> Settings:
+    """SSH_PORT (with PUBLIC_KEY) on a port of PORTAL_CONFIG: no sshd, rather than a crash-looping one or Caddy.
+    ENGINE_PORTS overlapping PORTAL_CONFIG: a warning (an instance created through the API could take an app's
+    port while that app is down)."""
+    taken = {port: app for app in apps for port in _bound_here(app)}
+    if settings.public_key and settings.ssh_port in taken:
+        log(f"ERROR: SSH_PORT {settings.ssh_port} is a port of PORTAL_CONFIG entry {taken[settings.ssh_port].name!r}; "
+            "no sshd is started. Choose another SSH_PORT.")
+        settings = settings.model_copy(update={"public_key": ""})
+    try:
+        overlap = sorted(set(settings.engine_port_range) & set(taken))
+    except ValueError:
+        return settings  # a malformed ENGINE_PORTS is reported where it is used
+    if overlap:
+        log(f"WARNING: ENGINE_PORTS ({settings.engine_ports}) holds port {overlap[0]} of PORTAL_CONFIG entry "
+            f"{taken[overlap[0]].name!r}; an instance created through the API could take it. Move one of them.")
+    return settings

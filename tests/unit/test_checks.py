@@ -72,3 +72,26 @@ def test_a_malformed_public_address_is_left_out_by_name():
     result = checks.public_addresses(settings(PUBLIC_IPADDR="box.example", RUNPOD_PUBLIC_IP="203.0.113.7"), said.append)
     assert result.public_ipaddr == "" and result.runpod_public_ip == "203.0.113.7"
     assert said == ["ERROR: PUBLIC_IPADDR 'box.example' is not an IP address; the certificate does not name it"]
+
+
+def test_ssh_port_on_a_portal_port_starts_no_sshd_and_says_so():
+    said: list[str] = []
+    s = settings(PUBLIC_KEY="ssh-ed25519 AAAA me", SSH_PORT="8000")
+    result = checks.other_ports(s, portal_config.parse(f"{PORTAL}|{API}"), said.append)
+    assert result.public_key == "" and said[0].startswith("ERROR: SSH_PORT 8000 is a port of PORTAL_CONFIG entry")
+
+
+def test_engine_ports_overlapping_an_app_is_warned_about():
+    said: list[str] = []
+    s = settings(ENGINE_PORTS="18000-18010")
+    assert checks.other_ports(s, portal_config.parse(f"{PORTAL}|{API}"), said.append) is s
+    assert said[0].startswith("WARNING: ENGINE_PORTS (18000-18010) holds port 18000 of PORTAL_CONFIG entry 'vLLM API'")
+
+
+def test_the_defaults_pass_every_check():
+    said: list[str] = []
+    s = settings()
+    apps = portal_config.parse(s.portal_config)
+    assert checks.port_collisions(apps, said.append) == apps
+    assert checks.other_ports(checks.auth_exclude(s, apps, said.append), apps, said.append) is s
+    assert checks.public_addresses(s, said.append) is s and said == []
