@@ -22,8 +22,9 @@ engine:
 	else scripts/install-engine.sh $(ENGINE_VENV); fi
 
 # VLLM_CPU_KVCACHE_SPACE (GiB) only matters to vLLM's CPU build, whose default asks for most of the RAM.
+# The engine venv goes last on PATH: a `vllm` the user already has wins over the one `make engine` installed.
 run: install engine
-	APPLIANCE_ROOT="$(APPLIANCE_ROOT)" PATH="$(ENGINE_VENV)/bin:$$PATH" \
+	APPLIANCE_ROOT="$(APPLIANCE_ROOT)" PATH="$$PATH:$(ENGINE_VENV)/bin" \
 	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" VLLM_CPU_KVCACHE_SPACE="$${VLLM_CPU_KVCACHE_SPACE-2}" ./entrypoint.sh
 
 lint: install

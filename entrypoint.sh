@@ -11,5 +11,12 @@ export PATH="$venv/bin:$PATH"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-conf="$("$venv/bin/python" -P -m app.boot)"  # -P: import the app beside this script, not from the cwd
+# --pid: this shell's pid, which supervisord keeps (exec); the boot records it, so a later boot of the same
+# root refuses while this one runs, and stops what it left if it died (kill -9).
+conf="$("$venv/bin/python" -P -m app.boot --pid $$)"  # -P: import the app beside this script, not from the cwd
+
+# Secrets stop here (docs/security.md, "Processes and secrets"): supervisord passes its environment to every
+# program. The admin credentials are in Caddy's config and the token file (0600) only; HF_TOKEN goes, through
+# 0600 program files, to the engines, the manager (it renders them) and provisioning (a download step).
+unset OPEN_BUTTON_TOKEN WEB_PASSWORD API_KEYS HF_TOKEN
 exec "$venv/bin/supervisord" -n -c "$conf"

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from app import metrics
 from app.instance import InstanceConfig, Phase
+from app.provisioning.record import WAITING_REASON
 
 if TYPE_CHECKING:
     from app.manager import Manager
 
 FAILED_STATES = {"EXITED", "FATAL", "BACKOFF"}
 SUPERSEDED = "superseded by a later request"
-WAITING_FOR_PROVISIONING = "waiting for provisioning to finish (GET /api/provisioning; log: provisioning)"
+WAITING_FOR_PROVISIONING = WAITING_REASON
 HUB_BACKOFF = (2.0, 120.0)  # first and longest wait between two questions to the Hub
 
 

@@ -8,13 +8,15 @@ comes up; a bad setting that would weaken auth or TLS stops the boot.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
 
-from app import boot_record, credentials, engine, gpu, hub, portal_config, provisioning, render, tls, validation
+from app import boot_lock, boot_record, checks, credentials, engine, gpu, hub, portal_config, render, tls, validation
 from app.files import write_atomic
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, error_message
+from app.provisioning.prepare import prepare
 from app.settings import Settings, get_settings
 from app.state import SavedState, Store
 
@@ -78,9 +80,11 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         render.Program(name="caddy", argv=["caddy", "run", "--config", str(settings.caddyfile),
                                            "--adapter", "caddyfile"],
                        environment=caddy_env, priority=100),
+        # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
+        # supervisord's environment, which the entrypoint scrubs of secrets).
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
-                       priority=200),
+                       environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),
     ]
 
 
@@ -93,19 +97,39 @@ def ray_program(settings: Settings) -> render.Program | None:
     return render.Program(name="ray", argv=[ray, "start", "--block", *args], autostart=False, priority=800)
 
 
-def boot(settings: Settings) -> Path:
+def boot(settings: Settings, pid: int | None = None) -> Path:
+    """Render everything supervisord needs; `pid` is the entrypoint's (it becomes supervisord), recorded so that
+    a later boot of this root knows whether this one still runs."""
     for folder in settings.folders():
         folder.mkdir(parents=True, exist_ok=True)
     settings.run_dir.chmod(0o700)
+    with boot_lock.claim(settings, pid, log):
+        return _boot(settings)
 
+
+def _boot(settings: Settings) -> Path:
     token, generated = credentials.resolve_token(settings)
+    saved = settings.token_file.read_text().strip() if settings.token_file.exists() else ""
+    if settings.open_button_token and saved != token:
+        # The manager reads the token from this file: OPEN_BUTTON_TOKEN is kept out of every program's environment.
+        credentials.write_private(settings.token_file, token + "\n")
     validation.username(settings.web_username)
     password = credentials.password(settings, token)
-    if settings.enable_https and tls.ensure_certificate(settings):
+    settings = checks.public_addresses(settings, log)
+    why = tls.ensure_certificate(settings) if settings.enable_https else None
+    if why == "created":
         log(f"created a self-signed TLS certificate: {settings.cert_file}")
+    elif why:
+        log(f"{why}; the new self-signed TLS certificate is {settings.cert_file} (clients that trusted the old one "
+            "must download this one)")
 
-    prepared = provisioning.prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
+    prepared = prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
+    kept = checks.port_collisions(apps, log)
+    if kept != apps:
+        portal_config.write(settings.portal_yaml, prepared.portal_config, kept)  # the manager reads this file
+        apps = kept
+    settings = checks.other_ports(checks.auth_exclude(settings, apps, log), apps, log)
     ports = portal_config.Ports(apps)
     programs = control_programs(settings, ports)
     programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, ports)
@@ -117,7 +141,7 @@ def boot(settings: Settings) -> Path:
         settings, apps, token=token, bearers=credentials.bearer_tokens(settings, token),
         password_hash=credentials.password_hash(password)), mode=0o600)
 
-    portal = portal_config.find(apps, portal_config.PORTAL_NAME)
+    portal = ports.portal
     if portal:
         scheme = "https" if settings.enable_https else "http"
         url = f"{scheme}://localhost:{portal.external_port}/"
@@ -131,10 +155,17 @@ def boot(settings: Settings) -> Path:
     return settings.supervisord_conf
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.boot")
+    parser.add_argument("--pid", type=int, help="the entrypoint's pid (supervisord's, once it execs)")
+    args = parser.parse_args(argv)
     try:
         settings = get_settings()
-        conf = boot(settings)
+        conf = boot(settings, args.pid)
+    except boot_lock.AlreadyRunning as exc:
+        log(f"ERROR: {exc}")
+        log("this boot stops here; the running appliance is left as it is")
+        return 1
     except ValueError as exc:
         log(f"ERROR: {exc}")
         log("the appliance did not start: fix the setting above and start it again")

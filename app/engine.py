@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app.instance import option_value  # noqa: F401 (re-exported: the llm-d API reads options with it)
+from app.provisioning.record import engine_env
 
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
                     "--data-parallel-size", "-dp")
@@ -31,8 +32,7 @@ def environment(settings, config) -> dict[str, str]:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
-    from app import provisioning  # the manifest's and boot hooks' env for every engine
-    return {**env, **provisioning.engine_env(settings), **config.env}
+    return {**env, **engine_env(settings), **config.env}  # + the manifest's and boot hooks' env (saved at boot)
 
 
 def caches(settings) -> dict[str, str]:

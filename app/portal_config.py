@@ -121,7 +121,7 @@ class Ports:
     apps: list[PortalApp] = field(default_factory=list)
 
     @classmethod
-    def read(cls, path: Path) -> "Ports":
+    def read(cls, path: Path) -> Ports:
         """The apps of portal.yaml; none when it is not written yet."""
         try:
             return cls(load(path)[1])

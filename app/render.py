@@ -131,7 +131,8 @@ def program_path(settings: Settings, name: str) -> Path:
 
 
 def write_program(settings: Settings, program: Program) -> None:
-    write_atomic(program_path(settings, program.name), program_conf(settings, program))
+    """0600: a program's environment may hold a secret (HF_TOKEN, a manifest's or a user's env)."""
+    write_atomic(program_path(settings, program.name), program_conf(settings, program), mode=0o600)
 
 
 def write_programs(settings: Settings, programs: list[Program]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTAL_CONFIG = "localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Port of the appliance's own sshd (when PUBLIC_KEY is set).")
     runpod_pod_id: str = Field("", alias="RUNPOD_POD_ID",
         description="Set by RunPod: the boot log then prints the RunPod proxy addresses of the public ports.")
+    allow_open_portal: bool = Field(False, alias="ALLOW_OPEN_PORTAL",
+        description="Let AUTH_EXCLUDE name the portal's port, which opens the manager API to anyone (a warning at every boot). Without it, that port keeps its auth.")
+    public_ipaddr: str = Field("", alias="PUBLIC_IPADDR",
+        description="Set by Vast.ai: the box's public IP, named in the self-signed certificate so clients can verify it.")
+    runpod_public_ip: str = Field("", alias="RUNPOD_PUBLIC_IP",
+        description="Set by RunPod: the pod's public IP, named in the self-signed certificate so clients can verify it.")
 
     @field_validator("auto_parallel", mode="before")
     @classmethod

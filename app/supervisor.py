@@ -21,7 +21,7 @@ class Supervisor:
         self.socket = socket
 
     @classmethod
-    def of(cls, settings: Settings) -> "Supervisor":
+    def of(cls, settings: Settings) -> Supervisor:
         return cls(settings.supervisor_socket)
 
     def _rpc(self):

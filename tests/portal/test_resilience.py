@@ -163,6 +163,7 @@ def test_a_portal_left_open_by_auth_exclude_never_shows_the_token(boot):
         assert app.token not in client.get(app.portal_url("/models")).text
     open_portal = boot({"VLLM_MODEL": ""}, start=False)  # its ports are known once it exists
     open_portal.env["AUTH_EXCLUDE"] = str(open_portal.portal_port)
+    open_portal.env["ALLOW_OPEN_PORTAL"] = "true"  # an open portal is an explicit choice (app/checks.py)
     open_portal.start(wait_engine=False)
     with open_portal.client(auth=False) as anonymous:
         page = anonymous.get(open_portal.portal_url("/apps"))

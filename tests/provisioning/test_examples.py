@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app import provisioning
+from app.provisioning.prepare import prepare
+from app.provisioning.record import engine_env
+from app.provisioning.run import run
 from app.settings import Settings
 from tests.appliance import REPO
 
@@ -47,16 +49,16 @@ def test_the_full_example_manifest(tmp_path, loopback, tools, capsys):
     for folder in s.folders():
         folder.mkdir(parents=True, exist_ok=True)
 
-    prepared = provisioning.prepare(s)  # what the boot does with it: the app, the program, engine env
+    prepared = prepare(s)  # what the boot does with it: the app, the program, engine env
     assert prepared.pending and prepared.portal_config.endswith("|localhost:8888:18888:/:Files")
     programs = prepared.programs(s, [])
     notebook = next(p for p in programs if p.name == "notebook")
     assert notebook.argv == ["python", "-m", "http.server", "18888", "--bind", "127.0.0.1", "--directory", "/workspace"]
     assert notebook.directory == str(s.workspace) and not notebook.autostart  # waits for provisioning
     assert notebook.environment["VLLM_LOGGING_LEVEL"] == "INFO"
-    assert provisioning.engine_env(s) == {"VLLM_LOGGING_LEVEL": "INFO"}
+    assert engine_env(s) == {"VLLM_LOGGING_LEVEL": "INFO"}
 
-    assert provisioning.run(s) == 0
+    assert run(s) == 0
     record = json.loads(s.provisioning_record.read_text())
     assert [(x["name"], x["status"]) for x in record["steps"]] == [
         ("apt", "succeeded"), ("pip", "succeeded"), ("files", "succeeded"), ("models", "succeeded")]
@@ -78,10 +80,10 @@ def test_the_model_cache_example(tmp_path, loopback, tools):
     s = settings(tmp_path, PROVISIONING_MANIFEST=str(EXAMPLES / "model-cache.yaml"), HF_ENDPOINT=loopback.url)
     for folder in s.folders():
         folder.mkdir(parents=True, exist_ok=True)
-    prepared = provisioning.prepare(s)
+    prepared = prepare(s)
     prepared.programs(s, [])
-    assert provisioning.engine_env(s) == {"HF_HUB_OFFLINE": "1"}
-    assert provisioning.run(s) == 0
+    assert engine_env(s) == {"HF_HUB_OFFLINE": "1"}
+    assert run(s) == 0
     assert list((s.hf_home / "hub").glob("models--Qwen--Qwen2.5-0.5B-Instruct/snapshots/*/config.json"))
     assert not tools.exists()  # no apt, no pip
 

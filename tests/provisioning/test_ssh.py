@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from app import provisioning
+from app.provisioning.sshd import sshd_binary
 from tests.appliance import free_port
 
 
@@ -30,7 +30,7 @@ def wait_ssh(tmp_path, port: int, timeout: float = 20) -> subprocess.CompletedPr
 
 
 def test_sshd_accepts_only_public_key_forwards_internal_ports_and_keeps_its_host_key(boot, tmp_path):
-    if not (provisioning.sshd_binary() and shutil.which("ssh") and shutil.which("ssh-keygen")):
+    if not (sshd_binary() and shutil.which("ssh") and shutil.which("ssh-keygen")):
         pytest.skip("openssh-server / openssh-client not installed (`make test` installs them)")
     if os.geteuid() != 0:
         pytest.skip("sshd needs root (privilege separation), as in the image")

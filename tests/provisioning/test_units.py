@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from app import manifest, provisioning
+from app.provisioning import boot_hooks, manifest, sshd, steps
 from app.settings import Settings
 from tests.appliance import REPO
 
@@ -81,7 +81,7 @@ def test_boot_hooks_run_in_name_order_sourced_or_executed_and_failures_go_on(tmp
     (hooks / "40-notes.txt").write_text("not run\n")
     (hooks / "50-off.sh.disabled").write_text("exit 1\n")
     (hooks / "12-bad.env").write_text("export A=1\nfalse\n")
-    exported = provisioning.run_boot_hooks(s)
+    exported = boot_hooks.run_boot_hooks(s)
     err = capsys.readouterr().err
     assert exported == {"VLLM_LOGGING_LEVEL": "INFO", "OMP_NUM_THREADS": "4"}  # 10-tune.env; not 12-bad.env's A
     assert (s.workspace / "order").read_text() == "sh\nexecuted 30-exec\n"
@@ -96,13 +96,13 @@ def test_a_hook_that_hangs_is_killed_after_the_timeout(tmp_path, capsys):
     s = settings(tmp_path, BOOT_HOOK_TIMEOUT=1)
     s.boot_hooks.mkdir(parents=True)
     (s.boot_hooks / "hang.sh").write_text("sleep 30\n")
-    provisioning.run_boot_hooks(s)
+    boot_hooks.run_boot_hooks(s)
     assert "exited with 124 (timed out)" in capsys.readouterr().err
 
 
 def test_sshd_config_accepts_only_public_key_and_keeps_the_host_key(tmp_path):
     s = settings(tmp_path, PUBLIC_KEY=KEY, SSH_PORT=2222)
-    config = provisioning.ssh_setup(s, provisioning.public_keys(s.public_key))
+    config = sshd.ssh_setup(s, sshd.public_keys(s.public_key))
     text = config.read_text()
     assert "Port 2222" in text and "PasswordAuthentication no" in text and "KbdInteractiveAuthentication no" in text
     assert s.ssh_authorized_keys.read_text() == KEY + "\n" and "StrictModes no" in text
@@ -110,23 +110,23 @@ def test_sshd_config_accepts_only_public_key_and_keeps_the_host_key(tmp_path):
     host_key = (s.ssh_dir / "ssh_host_ed25519_key").read_bytes()
     assert stat.S_IMODE((s.ssh_dir / "ssh_host_ed25519_key").stat().st_mode) == 0o600
     assert stat.S_IMODE(s.ssh_dir.stat().st_mode) == 0o700
-    provisioning.ssh_setup(s, provisioning.public_keys(s.public_key))
+    sshd.ssh_setup(s, sshd.public_keys(s.public_key))
     assert (s.ssh_dir / "ssh_host_ed25519_key").read_bytes() == host_key  # generated once, kept
     if shutil.which("ssh-keygen"):
         pub = subprocess.run(["ssh-keygen", "-y", "-f", str(s.ssh_dir / "ssh_host_ed25519_key")],
                              capture_output=True, text=True)
         assert pub.returncode == 0 and pub.stdout.startswith("ssh-ed25519 ")
-    sshd = provisioning.sshd_binary()
-    if not sshd:
+    binary = sshd.sshd_binary()
+    if not binary:
         pytest.skip("sshd is not installed (apt package openssh-server): the config is checked, sshd -t is not")
-    check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True, text=True)
+    check = subprocess.run([binary, "-t", "-f", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
 @pytest.mark.parametrize("bad", ['command="rm -rf /" ' + KEY, "ssh-ed25519 not*base64", "hello"])
 def test_public_key_with_options_or_garbage_is_refused(bad):
     with pytest.raises(ValueError):
-        provisioning.public_keys(bad)
+        sshd.public_keys(bad)
 
 
 def test_engine_python_is_the_shebang_of_vllm(tmp_path, monkeypatch):
@@ -134,6 +134,6 @@ def test_engine_python_is_the_shebang_of_vllm(tmp_path, monkeypatch):
     vllm.write_text("#!/opt/engine/bin/python3.12\nprint()\n")
     vllm.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    assert provisioning.engine_python(settings(tmp_path)) == "/opt/engine/bin/python3.12"
+    assert steps.engine_python(settings(tmp_path)) == "/opt/engine/bin/python3.12"
     vllm.write_text("#!/usr/bin/env python3\n")
-    assert provisioning.engine_python(settings(tmp_path)) == shutil.which("python3")
+    assert steps.engine_python(settings(tmp_path)) == shutil.which("python3")
