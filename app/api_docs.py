@@ -22,4 +22,5 @@ def install(app: FastAPI, path: str = "/api/docs") -> None:
 
     @app.get(path, include_in_schema=False, response_class=HTMLResponse)
     def api_docs(request: Request):
-        return templates.TemplateResponse(request, "api_docs.html", {"title": app.title, "openapi_url": app.openapi_url})
+        return templates.TemplateResponse(request, "api_docs.html",
+                                          {"title": app.title, "openapi_url": app.openapi_url})

@@ -63,7 +63,8 @@ def bearer_tokens(settings: Settings, token: str) -> list[str]:
 
 def api_keys(settings: Settings, admin: list[str]) -> list[str]:
     """API_KEYS: inference-only bearer keys (an admin token among them would be demoted: refused)."""
-    keys = [validation.token(key.strip(), "each key of API_KEYS") for key in settings.api_keys.split(",") if key.strip()]
+    keys = [validation.token(key.strip(), "each key of API_KEYS")
+            for key in settings.api_keys.split(",") if key.strip()]
     if set(keys) & set(admin):
         raise ValueError("API_KEYS must not contain the admin token (OPEN_BUTTON_TOKEN) or WEB_PASSWORD")
     return list(dict.fromkeys(keys))

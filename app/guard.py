@@ -57,7 +57,8 @@ def csrf_refusal(method: str, headers: Mapping[str, str], scheme: str = "http") 
         return None
     fetch_site = headers.get("sec-fetch-site")
     if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
-        return f"cross-origin request refused (Sec-Fetch-Site: {fetch_site[:40]}): use the portal itself or a bearer token"
+        return (f"cross-origin request refused (Sec-Fetch-Site: {fetch_site[:40]}): "
+                "use the portal itself or a bearer token")
     origin = headers.get("origin")
     if fetch_site is None and origin is not None and origin.lower() != own_origin(headers, scheme):
         return f"cross-origin request refused (Origin: {origin[:100]}): use the portal itself or a bearer token"

@@ -55,8 +55,8 @@ def test_an_inference_key_sent_to_an_excluded_port_is_removed_too(secured):
     assert "authorization" not in seen_headers(secured, secured.open_port, headers=bearer(KEY))
 
 
-@pytest.mark.parametrize("spoofed", ["X-Real-IP", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Port",
-                                     "X-Appliance-Auth"])
+@pytest.mark.parametrize("spoofed", ["X-Real-IP", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host",
+                                     "X-Forwarded-Port", "X-Appliance-Auth"])
 def test_client_sent_forwarding_headers_do_not_reach_an_app_as_sent(secured, spoofed):
     value = "for=6.6.6.6" if spoofed == "Forwarded" else "6.6.6.6"
     headers = seen_headers(secured, secured.app_port, headers={**bearer(secured.token), spoofed: value})

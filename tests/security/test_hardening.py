@@ -13,7 +13,7 @@ def test_the_token_login_never_redirects_off_site(secured, path):
                                f"GET {path}{'&' if '?' in path else '?'}token={secured.token} HTTP/1.1\r\n"
                                "Host: localhost\r\n\r\n".encode())
     assert status == 302
-    location = [line for line in head.split(b"\r\n") if line.lower().startswith(b"location:")][0]
+    location = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"location:"))
     assert location.split(b":", 1)[1].strip() == b"/"
 
 
@@ -41,7 +41,7 @@ def test_api_docs_load_nothing_from_elsewhere(secured):
         assert client.get(secured.portal_url("/static/swagger/swagger-ui-bundle.js")).status_code == 200
 
 
-@pytest.mark.parametrize("host", ["evil.example", f"evil.example:{{port}}", "127.0.0.1.nip.io:{port}"])
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}"])
 def test_the_manager_refuses_a_foreign_host_on_its_internal_port(secured, host):
     url = f"http://127.0.0.1:{secured.portal_internal}/api/instances"
     answer = httpx.get(url, headers={"Host": host.format(port=secured.portal_internal)})

@@ -10,7 +10,6 @@ import random
 import threading
 import time
 
-
 LANES, ROUNDS = 50, 4  # 200 tries, in about 25 s
 
 
