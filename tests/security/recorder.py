@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import http.server
+import time
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
     """An app upstream that records every request it sees, headers included, and answers 200."""
     protocol_version = "HTTP/1.1"
     seen: list[tuple[str, str, dict[str, list[str]]]] = []
+    closed: list[float] = []  # when a client (Caddy) closed a connection, time.monotonic()
 
     def _any(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -25,3 +27,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def finish(self):
+        Recorder.closed.append(time.monotonic())
+        super().finish()

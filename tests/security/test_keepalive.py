@@ -10,7 +10,23 @@ import random
 import threading
 import time
 
+from tests.security.recorder import Recorder
+
 LANES, ROUNDS = 50, 4  # 200 tries, in about 25 s
+
+
+def test_caddy_closes_an_idle_upstream_connection_before_uvicorn_would(secured):
+    """uvicorn closes an idle connection after 5 s: Caddy must let go of it first, so it never reuses one that
+    the upstream is closing just then."""
+    Recorder.closed.clear()
+    with secured.client() as client:
+        assert client.get(secured.url(secured.app_port, "/page")).status_code == 200
+    answered = time.monotonic()
+    deadline = answered + 6
+    while not Recorder.closed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Recorder.closed, "Caddy kept the idle upstream connection open for more than 6 s"
+    assert Recorder.closed[0] - answered < 4.5
 
 
 
