@@ -137,9 +137,11 @@ def _boot(settings: Settings) -> Path:
 
     write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)
+    admins = credentials.bearer_tokens(settings, token)
     write_atomic(settings.caddyfile, render.caddyfile(
-        settings, apps, token=token, bearers=credentials.bearer_tokens(settings, token),
-        password_hash=credentials.password_hash(password)), mode=0o600)
+        settings, apps, token=token, admins=admins, keys=credentials.api_keys(settings, admins),
+        basic=credentials.basic_header(settings.web_username, password),
+        session=credentials.session_value(token)), mode=0o600)
 
     portal = ports.portal
     if portal:

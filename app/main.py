@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import gpu, portal
+from app import api_docs, gpu, guard, portal
 from app.api import instances, metrics, v2
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
@@ -30,8 +30,10 @@ async def lifespan(app: FastAPI):
     await app.state.manager.aclose()
 
 
-app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
+app = FastAPI(title="vLLM appliance manager", docs_url=None, openapi_url="/api/openapi.json", redoc_url=None,
               lifespan=lifespan)
+app.add_middleware(guard.Guard)  # Host check, same-site forgery check, security headers (app/guard.py)
+api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
 app.include_router(instances.router)
 app.include_router(v2.router)

@@ -20,7 +20,7 @@ from supervisor.datatypes import dict_of_key_value_pairs
 
 from app import validation
 from app.files import write_atomic
-from app.portal_config import PortalApp, find
+from app.portal_config import PORTAL_NAME, PortalApp, find
 from app.settings import Settings
 
 MARKER = "Rendered by the appliance"
@@ -51,6 +51,17 @@ class Site:
     upstream: str
     auth: bool
     routes: Path | None = None  # per-instance routes imported into this site (the vLLM API port)
+    portal: bool = False  # the manager: told how a request authenticated, and sent its own loopback Host
+    inference: bool = False  # the vLLM API port: inference-only keys (API_KEYS) pass on its inference routes
+
+
+# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes and vLLM's
+# inference routes at the root. Everything else there (/metrics, /docs, LoRA loading, ...) needs the admin token.
+INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify",
+                   "/invocations", "/v2/rerank"]
+ADMIN_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instances/*/v1/load_lora_adapter",
+                    "/instances/*/v1/unload_lora_adapter"]
+UPSTREAM_IDLE = "2s"  # below uvicorn's 5 s keep-alive timeout
 
 
 def _templates(settings: Settings) -> jinja2.Environment:
@@ -105,11 +116,11 @@ def program_conf(settings: Settings, program: Program) -> str:
 
 def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
     excluded = settings.auth_excluded_ports
-    api = find(apps, "vLLM")
+    api, portal = find(apps, "vLLM"), find(apps, PORTAL_NAME)
     return [Site(external_port=a.external_port,
                  upstream=f"{'127.0.0.1' if a.host == 'localhost' else a.host}:{a.internal_port}",
                  auth=settings.enable_auth and a.external_port not in excluded,
-                 routes=settings.caddy_routes_file if a is api else None)
+                 routes=settings.caddy_routes_file if a is api else None, portal=a is portal, inference=a is api)
             for a in apps if a.proxied]
 
 
@@ -117,13 +128,17 @@ def caddy_routes(settings: Settings, instances) -> str:
     return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances)
 
 
-def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, bearers: list[str],
-              password_hash: str) -> str:
+def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: list[str], keys: list[str],
+              basic: str, session: str) -> str:
+    """The Caddyfile. `admins`: bearer tokens that pass everywhere; `keys`: inference-only bearer keys; `basic`:
+    the exact `Authorization` header of the basic-auth user; `session`: the cookie's value (not the token)."""
+    ours = [f"Bearer {value}" for value in [*admins, *keys]] + [basic]
     return _templates(settings).get_template("caddy/Caddyfile.j2").render(
         admin_socket=settings.caddy_admin_socket, data_dir=settings.caddy_data_dir,
         https=settings.enable_https, cert=settings.cert_file, key=settings.key_file,
-        sites=sites(settings, apps), token=token, bearers=bearers, cookie=COOKIE,
-        username=settings.web_username, password_hash=password_hash).rstrip() + "\n"
+        sites=sites(settings, apps), token=token, admins=admins, keys=keys, basic=basic, ours=ours,
+        cookie=COOKIE, session=session, inference_paths=INFERENCE_PATHS, admin_only_paths=ADMIN_ONLY_PATHS,
+        upstream_idle=UPSTREAM_IDLE).rstrip() + "\n"
 
 
 def program_path(settings: Settings, name: str) -> Path:

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     tls_key: str = Field("", alias="TLS_KEY", description="PEM private key for TLS_CERT.")
     portal_config: str = Field(DEFAULT_PORTAL_CONFIG, alias="PORTAL_CONFIG",
         description="`host:external:internal:path:Name|...`, as on Vast.ai.")
+    api_keys: str = Field("", alias="API_KEYS",
+        description="Comma list of inference-only keys (each 16-256 of A-Z a-z 0-9 _ -): accepted as bearer tokens on the API port's inference routes only (`/v1/...`, `/instances/<id>/...`, /tokenize, /score, ...), refused everywhere else. Remove a key to revoke it.")
 
     # --- first boot ----------------------------------------------------------
     provisioning_script: str = Field("", alias="PROVISIONING_SCRIPT",

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from app.credentials import session_value
 from app.render import COOKIE
 
 
@@ -72,7 +73,8 @@ def test_token_query_sets_cookie_and_redirects_without_the_token(appliance):
         assert response.status_code == 302
         assert response.headers["location"] == "/api/health?x=1"
         cookie = response.headers["set-cookie"]
-        assert cookie.startswith(f"{COOKIE}={appliance.token};")
+        assert cookie.startswith(f"{COOKIE}={session_value(appliance.token)};")  # a session value, not the token
+        assert appliance.token not in cookie
         for attribute in ("HttpOnly", "SameSite=Lax", "Secure", "Path=/"):
             assert attribute in cookie
         # The browser now holds the cookie: the same client follows up without any other credential,

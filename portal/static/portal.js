@@ -21,7 +21,8 @@ function duration(seconds) {
   return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`;
 }
 async function api(path, options = {}) {
-  const response = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
+  // Both headers mark the call as the portal's own: a form on another page of this box cannot send them (app/guard.py).
+  const response = await fetch(path, { headers: { "Content-Type": "application/json", "X-Portal-Request": "1" }, ...options });
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
   if (!response.ok) throw new Error(body.detail || body || response.statusText);
   return body;

@@ -85,8 +85,8 @@ def test_login_with_token_and_overview_shows_gpus_and_host(portal):
     app, context = portal
     page = login(app, context)
     page.wait_for_selector("#host .card")
-    page.wait_for_function("document.querySelectorAll('#gpus .gpu').length === 2")
-    page.wait_for_function("document.querySelector('.gpu[data-index=\"0\"]').textContent.includes('vllm')")
+    page.wait_for_function("() => document.querySelectorAll('#gpus .gpu').length === 2")
+    page.wait_for_function("() => document.querySelector('.gpu[data-index=\"0\"]').textContent.includes('vllm')")
     card = page.inner_text(".gpu[data-index='0']")
     for text in ("GPU 0", "NVIDIA H100", "Utilization", "Memory", "/ 80.0 GiB", "°C", "W", "Used by", "vllm"):
         assert text in card
@@ -94,9 +94,9 @@ def test_login_with_token_and_overview_shows_gpus_and_host(portal):
     for heading in ("CPU", "Memory", "Workspace disk"):
         assert heading in page.inner_text("#host")
     # the sparkline grows with each 2 s sample, without a reload
-    page.wait_for_function("""document.querySelector('.gpu polyline').getAttribute('points').split(' ').length >= 3""",
+    page.wait_for_function("""() => document.querySelector('.gpu polyline').getAttribute('points').split(' ').length >= 3""",
                            timeout=8000)
-    page.wait_for_function("document.querySelector('#health').classList.contains('ok')")
+    page.wait_for_function("() => document.querySelector('#health').classList.contains('ok')")
     assert "1/1 models ready" in page.inner_text("#health-text")
     shot(page, "overview")
 
@@ -104,15 +104,15 @@ def test_login_with_token_and_overview_shows_gpus_and_host(portal):
 def test_overview_stats_follow_the_engines_without_reload(portal, api):
     app, context = portal
     page = login(app, context)
-    page.wait_for_function("document.querySelector('.gpu[data-index=\"1\"]')?.textContent.includes('vllm')")
+    page.wait_for_function("() => document.querySelector('.gpu[data-index=\"1\"]')?.textContent.includes('vllm')")
     page.evaluate("window.notReloaded = true")
     memory = page.inner_text(".gpu[data-index='1'] dl.kv")
     assert api.post(app.portal_url("/api/instances/vllm/stop")).status_code == 200
     # the engine's GPU memory is released: owner gone, memory lower (fake NVML: 1 GiB per engine process)
-    page.wait_for_function("!document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=6000)
+    page.wait_for_function("() => !document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=6000)
     assert page.inner_text(".gpu[data-index='1'] dl.kv") != memory
     assert api.post(app.portal_url("/api/instances/vllm/start")).status_code == 200
-    page.wait_for_function("document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=8000)
+    page.wait_for_function("() => document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=8000)
     assert page.evaluate("window.notReloaded === true")
     wait_ready(app, api)
 
@@ -153,8 +153,8 @@ def test_models_page_swaps_a_model_to_ready_and_shows_snippets(portal):
     page.fill("#swap input[name=args]", """--seed 5 --override-generation-config='{"temperature": 0.5}'""")
     page.fill("#swap input[name=gpus]", "0")
     page.click("#swap button[type=submit]")
-    page.wait_for_function("document.querySelector('#swap-result').textContent.startsWith('Accepted')")
-    page.wait_for_function("""(() => { const c = document.querySelector('.instance[data-id=vllm]');
+    page.wait_for_function("() => document.querySelector('#swap-result').textContent.startsWith('Accepted')")
+    page.wait_for_function("""() => (() => { const c = document.querySelector('.instance[data-id=vllm]');
         return c && c.textContent.includes('acme/swapped-in-browser') && c.querySelector('.badge.ready'); })()""",
                            timeout=20000)
     card = page.inner_text(".instance[data-id=vllm]")
@@ -186,7 +186,7 @@ def test_a_starting_engine_shows_elapsed_time_latest_line_and_download_progress(
     page.click("#swap button[type=submit]")
     card = ".instance[data-id=slow]"
     page.wait_for_selector(f"{card} .badge.starting")
-    page.wait_for_function(f"document.querySelector('{card}')?.textContent.includes('Download / load:')", timeout=5000)
+    page.wait_for_function(f"() => document.querySelector('{card}')?.textContent.includes('Download / load:')", timeout=5000)
     text = page.inner_text(card)
     assert "Starting for" in text and re.search(r"\d+%\|", text)
     assert page.locator(f"{card} pre.lines").count() == 1  # the latest log line
@@ -195,7 +195,7 @@ def test_a_starting_engine_shows_elapsed_time_latest_line_and_download_progress(
     page.wait_for_selector(f"{card} .badge.ready", timeout=15000)
     page.on("dialog", lambda dialog: dialog.accept())
     page.click(f"{card} button[data-action=delete]")
-    page.wait_for_function(f"!document.querySelector('{card}')")
+    page.wait_for_function(f"() => !document.querySelector('{card}')")
 
 
 def test_a_failed_swap_shows_the_reason(portal):
@@ -209,12 +209,12 @@ def test_a_failed_swap_shows_the_reason(portal):
     page.wait_for_selector(".instance[data-id=broken] .badge.failed", timeout=20000)
     text = page.inner_text(".instance[data-id=broken]")
     assert "Failed:" in text and "RuntimeError: failed to load acme/fail-load" in text
-    page.wait_for_function("document.querySelector('#health').classList.contains('bad')", timeout=8000)
+    page.wait_for_function("() => document.querySelector('#health').classList.contains('bad')", timeout=8000)
     page.locator(".instance[data-id=broken]").scroll_into_view_if_needed()
     shot(page, "models-failed")
     page.on("dialog", lambda dialog: dialog.accept())
     page.click(".instance[data-id=broken] button[data-action=delete]")
-    page.wait_for_function("!document.querySelector('.instance[data-id=broken]')", timeout=10000)
+    page.wait_for_function("() => !document.querySelector('.instance[data-id=broken]')", timeout=10000)
 
 
 LOG_TEXT = "document.querySelector('#log').textContent"
@@ -226,9 +226,9 @@ def test_logs_page_tails_live_pauses_and_filters(portal):
     names = page.eval_on_selector_all("#log-name option", "options => options.map(o => o.value)")
     assert {"vllm", "caddy", "manager"} <= set(names)
     assert page.input_value("#log-name") == "vllm"
-    page.wait_for_function(f"{LOG_TEXT}.includes('Avg prompt throughput')")
+    page.wait_for_function(f"() => {LOG_TEXT}.includes('Avg prompt throughput')")
     count = page.evaluate(f"{LOG_TEXT}.split('Avg prompt throughput').length")
-    page.wait_for_function(f"{LOG_TEXT}.split('Avg prompt throughput').length > {count}",
+    page.wait_for_function(f"() => {LOG_TEXT}.split('Avg prompt throughput').length > {count}",
                            timeout=2000)  # a new line within 2 s
     # the view follows the end
     assert page.evaluate("(v => v.scrollTop + v.clientHeight >= v.scrollHeight - 30)(document.querySelector('#log'))")
@@ -238,7 +238,7 @@ def test_logs_page_tails_live_pauses_and_filters(portal):
     page.wait_for_timeout(1200)  # lines keep arriving (every 0.5 s) but the view holds still
     assert page.evaluate(f"{LOG_TEXT}.length") == paused
     page.click("#log-pause")
-    page.wait_for_function(f"{LOG_TEXT}.length > {paused}")
+    page.wait_for_function(f"() => {LOG_TEXT}.length > {paused}")
     page.fill("#log-filter", "Starting vLLM API server")
     assert re.fullmatch(r"(.*Starting vLLM API server.*\n?)+", page.inner_text("#log"))
     page.fill("#log-filter", "")
@@ -259,7 +259,7 @@ def test_a_large_log_opens_at_its_end_loads_older_parts_by_range_and_renders_col
     page.on("request", lambda r: ranges.append(r.headers.get("range")) if "/api/logs/big" in r.url
             and "/stream" not in r.url and "/download" not in r.url else None)
     page.goto(app.portal_url(f"/logs?name=big&token={app.token}"))
-    page.wait_for_function(f"{LOG_TEXT}.includes('request line 019999 processed')")
+    page.wait_for_function(f"() => {LOG_TEXT}.includes('request line 019999 processed')")
     text = page.inner_text("#log")
     assert "line 000000" not in text and "\x1b" not in text and "[0m" not in text
     assert page.locator("#log span.a-31").count() > 0 and page.locator("#log span.a-32").count() > 0
@@ -270,7 +270,7 @@ def test_a_large_log_opens_at_its_end_loads_older_parts_by_range_and_renders_col
     assert shown < 80_000 < size  # the end only, not the whole file
     first = int(re.search(r"request line (\d+)", text).group(1))
     page.click("#log-older")
-    page.wait_for_function(f"{LOG_TEXT}.includes('request line {first - 1:06d} processed')")
+    page.wait_for_function(f"() => {LOG_TEXT}.includes('request line {first - 1:06d} processed')")
     assert page.evaluate(f"{LOG_TEXT}.length") < 2 * shown + 1000
     assert ranges and all(r and re.fullmatch(r"bytes=\d+-\d+", r) for r in ranges), ranges
     spans = [tuple(map(int, r[6:].split("-"))) for r in ranges]
@@ -292,9 +292,9 @@ def test_services_page_lists_programs_stops_starts_and_protects_caddy_and_manage
     assert re.search(r"\d+s", page.inner_text("tr[data-name=caddy]"))  # uptime
     shot(page, "services")
     page.click("tr[data-name=vllm] button[data-action=stop]")
-    page.wait_for_function("document.querySelector('tr[data-name=vllm]').textContent.includes('STOPPED')")
+    page.wait_for_function("() => document.querySelector('tr[data-name=vllm]').textContent.includes('STOPPED')")
     page.click("tr[data-name=vllm] button[data-action=start]")
-    page.wait_for_function("document.querySelector('tr[data-name=vllm]').textContent.includes('RUNNING')")
+    page.wait_for_function("() => document.querySelector('tr[data-name=vllm]').textContent.includes('RUNNING')")
     wait_ready(app, api)
 
 

@@ -68,11 +68,11 @@ def test_the_live_log_resumes_after_a_manager_restart_without_losing_or_repeatin
     app, _, context = portal
     with Ticker(app.root / "var/log/portal/ticker.log") as ticker:
         page = login(app, context, "/logs?name=ticker")
-        page.wait_for_function("/tick 200[1-9]\\d/.test(document.querySelector('#log').textContent)")
+        page.wait_for_function("() => /tick 200[1-9]\\d/.test(document.querySelector('#log').textContent)")
         pid = app.supervisorctl("pid", "manager").stdout.strip()
         subprocess.run(["kill", "-9", pid], check=True)  # supervisor starts it again; the SSE stream breaks
         after = ticker.count + 60  # three seconds of ticks after the kill, delivered by the new manager
-        page.wait_for_function(f"document.querySelector('#log').textContent.includes('tick {after}\\n')",
+        page.wait_for_function(f"() => document.querySelector('#log').textContent.includes('tick {after}\\n')",
                                timeout=30_000)
     assert app.supervisorctl("pid", "manager").stdout.strip() != pid
     ticks = [int(n) for n in re.findall(r"^tick (\d+)$", page.inner_text("#log"), re.M)]
