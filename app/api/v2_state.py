@@ -156,8 +156,9 @@ class Llmd:
             if record.status is None or (status == "running" and (record.status != status or record.config != dump)):
                 kind, extra = "CREATED", {}  # new, started again, or swapped: its current object
             elif status == "stopped" and record.status == "running":
-                info = await self.manager.fx.info(instance_id)
-                kind, extra = "STOPPED", {"exit_code": (info or {}).get("exitstatus")}
+                info = await self.manager.fx.info(instance_id) or {}  # an exit status only if it exited by itself
+                kind, extra = "STOPPED", {"exit_code": info.get("exitstatus") if info.get("statename") == "EXITED"
+                                          else None}
             else:
                 if record.config != dump:
                     record.config, changed = dump, True
