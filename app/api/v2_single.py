@@ -48,15 +48,17 @@ async def create(request: Request, body: SingleRequest):
         return error(422, error_message(exc))
     swap.args = without_option(swap.args, "--port")
     swap.port = None
+    old = manager.actors[DEFAULT_INSTANCE].rt.pid if DEFAULT_INSTANCE in manager.actors else 0
     try:
         await manager.swap(DEFAULT_INSTANCE, swap)
     except InstanceError as exc:
         return error(exc.status, exc.message)
     await v2_state.get(request.app).sync()
     deadline = time.monotonic() + PID_WAIT
-    while pid(manager) is None and manager.phase(DEFAULT_INSTANCE) != Phase.FAILED and time.monotonic() < deadline:
+    while pid(manager) in (None, old) and manager.phase(DEFAULT_INSTANCE) != Phase.FAILED \
+            and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    return {"status": "started", "pid": pid(manager)}
+    return {"status": "started", "pid": pid(manager) if pid(manager) != old else None}
 
 
 @router.get("/v1/vllm")
