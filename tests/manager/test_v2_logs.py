@@ -91,8 +91,8 @@ def test_an_end_past_the_log_stops_at_its_end(log):
 
 
 def test_a_start_at_or_past_the_end_is_416_with_the_size(log):
-    """TestAPIEndpoints.test_get_instance_logs_range_not_available; TestLogStartOffset.test_start_beyond_available_raises_error,
-    test_start_equal_to_length_raises_error"""
+    """TestAPIEndpoints.test_get_instance_logs_range_not_available;
+    TestLogStartOffset.test_start_beyond_available_raises_error, test_start_equal_to_length_raises_error"""
     read, write, *_ = log
     write(b"A" * 10 + b"B" * 10)
     past = read("bytes=50-")
