@@ -77,8 +77,9 @@ def given(body: LaunchRequest, gpus: list[int] | None) -> v2_state.Given:
     return v2_state.Given(options=body.options, gpu_uuids=body.gpu_uuids, env_vars=env, annotations=body.annotations)
 
 
-async def launch(request: Request, instance_id: str, body: LaunchRequest):
+async def launch(request: Request, name: str, body: LaunchRequest):
     manager, llmd = request.app.state.manager, v2_state.get(request.app)
+    instance_id = v2_state.instance_id(name)
     try:
         gpus = gpu_indices(body.gpu_uuids) if body.gpu_uuids else None
     except ValueError as exc:
@@ -90,7 +91,7 @@ async def launch(request: Request, instance_id: str, body: LaunchRequest):
     async with llmd.lock:
         await llmd._sync()  # a deletion not seen yet is an event before this creation
         if instance_id in manager.known():
-            return error(409, f"instance {instance_id!r} already exists")
+            return error(409, f"instance {name!r} already exists")
         try:
             await manager.swap(instance_id, swap)
         except InstanceError as exc:  # 422 bad input; 409 a port or GPU taken; 507 and others: not created
@@ -99,7 +100,7 @@ async def launch(request: Request, instance_id: str, body: LaunchRequest):
         except Exception as exc:  # noqa: BLE001 (the contract's 500: the instance could not be created)
             return error(500, f"failed to create the instance: {exc!r}")
         config = manager.known()[instance_id]
-        llmd.given(instance_id, given(body, gpus), config)
+        llmd.given(name, given(body, gpus), config)
         await llmd._sync()
         return JSONResponse(llmd.describe(config), status_code=201)
 
@@ -135,8 +136,9 @@ async def create(request: Request, body: LaunchRequest):
 
 @router.put("/v2/vllm/instances/{instance_id}", status_code=201)
 async def create_named(request: Request, instance_id: str, body: LaunchRequest):
+    """Any id of URL-safe characters: one that is not valid as ours is the name of an instance `l<hash>`."""
     try:
-        validation.instance_id(instance_id)
+        v2_state.name_check(instance_id)
     except ValueError as exc:
         return error(422, str(exc))
     if instance_id in RESERVED:
@@ -152,7 +154,7 @@ async def list_all(request: Request, detail: bool = True):
         await llmd._sync()
         configs = manager.known()
         if not detail:
-            return {"revision": llmd.revision, "instance_ids": list(configs), "count": len(configs)}
+            return {"revision": llmd.revision, "instance_ids": [llmd.name(i) for i in configs], "count": len(configs)}
         described = [llmd.describe(c) for c in configs.values()]
         return {"revision": llmd.revision, "total_instances": len(described),
                 "running_instances": sum(d["status"] == "running" for d in described), "instances": described}
@@ -162,37 +164,36 @@ async def list_all(request: Request, detail: bool = True):
 async def get_one(request: Request, instance_id: str):
     manager, llmd = request.app.state.manager, v2_state.get(request.app)
     await llmd.sync()
-    config = manager.known().get(instance_id)
+    config = manager.known().get(v2_state.instance_id(instance_id))
     return llmd.describe(config) if config else error(404, f"instance {instance_id!r} not found")
 
 
-async def stop(request: Request, instance_id: str) -> dict:
+async def stop(request: Request, instance_id: str, name: str) -> dict:
     """Delete an instance; its last state (`status: stopped`, the DELETED event's revision). InstanceError 404."""
     manager, llmd = request.app.state.manager, v2_state.get(request.app)
     try:
         await manager.delete(instance_id)
     except InstanceError as exc:
-        raise InstanceError(404, f"instance {instance_id!r} not found") if exc.status == 404 else exc from None
+        raise InstanceError(404, f"instance {name!r} not found") if exc.status == 404 else exc from None
     await llmd.sync()
-    return llmd.forgotten_object(instance_id) or {"status": "stopped", "instance_id": instance_id,
-                                                  "revision": llmd.revision}
+    return llmd.forgotten_object(instance_id) or {"status": "stopped", "instance_id": name, "revision": llmd.revision}
 
 
 @router.delete("/v2/vllm/instances/{instance_id}")
 async def delete_one(request: Request, instance_id: str):
     """200 with the instance's last state, whether its engine ran or had exited already (its log goes too)."""
     try:
-        return await stop(request, instance_id)
+        return await stop(request, v2_state.instance_id(instance_id), instance_id)
     except InstanceError as exc:
         return error(exc.status, exc.message)
 
 
 @router.delete("/v2/vllm/instances")
 async def delete_all(request: Request):
-    stopped = []
+    stopped, llmd = [], v2_state.get(request.app)
     for instance_id in list(request.app.state.manager.known()):
         try:
-            stopped.append(await stop(request, instance_id))
+            stopped.append(await stop(request, instance_id, llmd.name(instance_id)))
         except InstanceError:  # deleted meanwhile by another request
             continue
     return {"status": "all_stopped", "stopped_instances": stopped, "total_stopped": len(stopped)}
@@ -202,8 +203,9 @@ async def delete_all(request: Request):
 def get_log(request: Request, instance_id: str, range: str | None = Header(None)):
     """Raw bytes of the engine's output: 200 (at most 1 MiB) or 206 with Range, both with Content-Range; 416 (empty
     body, `bytes */TOTAL`) for a start past the end, which an empty log without Range is too; 400; 404."""
+    name, instance_id = instance_id, v2_state.instance_id(instance_id)
     if instance_id not in request.app.state.manager.known():
-        return error(404, f"instance {instance_id!r} not found")
+        return error(404, f"instance {name!r} not found")
     folder = request.app.state.settings.log_dir
     path = logs.find(folder, instance_id) or folder / f"{instance_id}.log"
     response = log_response(path, range or "bytes=0-", None, empty_416=True)

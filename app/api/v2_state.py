@@ -13,13 +13,16 @@ Both are kept in `llmd.json` next to the saved state, written atomically; a dele
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import shlex
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from app import validation
 from app.files import write_atomic
 from app.instance import OWNING, InstanceConfig, Phase
 
@@ -31,6 +34,7 @@ EVENT_BUFFER = 1000  # events kept for `since`; an older revision is answered 41
 POLL = 0.5  # seconds between two looks at the instances
 KEEPALIVE = 10.0  # seconds of silence on a watch before an empty line (NDJSON parsers may skip empty lines)
 FORGOTTEN_OBJECTS = 256  # last objects of deleted instances kept for DELETE's answer
+NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")  # an llm-d instance id: one URL path segment of unreserved characters
 
 
 class Given(BaseModel):
@@ -43,6 +47,7 @@ class Given(BaseModel):
 
 
 class Record(BaseModel):
+    name: str | None = None  # the llm-d id, where it is not a valid instance id of ours
     revision: int | None = None  # of the instance's last event
     status: str | None = None  # the launcher status last seen; None: not seen yet
     config: dict[str, Any] | None = None  # the config last seen
@@ -53,6 +58,22 @@ class Record(BaseModel):
 class Saved(BaseModel):
     revision: int = 0
     instances: dict[str, Record] = Field(default_factory=dict)
+
+
+def name_check(name: str) -> str:
+    """An llm-d instance id (ValueError if it is not one URL path segment of unreserved characters)."""
+    if not NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"instance id {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ ~ -")
+    return name
+
+
+def instance_id(name: str) -> str:
+    """The instance behind an llm-d id: the same id where it is valid as ours (a supervisor program, a URL path, a
+    file name), else `l` + 31 hex digits of its SHA-256 (such as the dual-pods controller's `I<base64url>i` ids)."""
+    try:
+        return validation.instance_id(name)
+    except ValueError:
+        return "l" + hashlib.sha256(name.encode()).hexdigest()[:31]
 
 
 def launcher_status(phase: Phase | str) -> str:
@@ -117,7 +138,7 @@ class Llmd:
 
     @staticmethod
     def _base(instance_id: str, record: Record, config: dict, status: str) -> dict:
-        base = {"status": status, "instance_id": instance_id, "revision": record.revision}
+        base = {"status": status, "instance_id": record.name or instance_id, "revision": record.revision}
         if record.given is not None and record.given_for == config:
             return {**base, **record.given.model_dump(exclude_none=True)}
         return {**base, "options": options_of(config), "env_vars": config["env"]}
@@ -125,10 +146,16 @@ class Llmd:
     def forgotten_object(self, instance_id: str) -> dict | None:
         return self.forgotten.get(instance_id)
 
+    def name(self, instance_id: str) -> str:
+        """The llm-d id of an instance."""
+        record = self.saved.instances.get(instance_id)
+        return (record.name if record else None) or instance_id
+
     # --- changes ---------------------------------------------------------------------------------------------------
-    def given(self, instance_id: str, given: Given, config: InstanceConfig) -> None:
-        """Remember what created `instance_id` (call with the lock held, before `_sync`)."""
-        self.saved.instances[instance_id] = Record(given=given, given_for=config.model_dump())
+    def given(self, name: str, given: Given, config: InstanceConfig) -> None:
+        """Remember what created the instance called `name` (call with the lock held, before `_sync`)."""
+        self.saved.instances[config.id] = Record(name=name if name != config.id else None, given=given,
+                                                 given_for=config.model_dump())
 
     async def sync(self) -> None:
         async with self.lock:

@@ -7,6 +7,7 @@ import pytest
 
 from tests.manager.test_gpus import engine_process
 from tests.manager.test_swap import fingerprint, wait_for
+from tests.manager.test_v2_watch import watching
 
 CONFIG = {"options": "--model acme/v2-test --seed 1", "env_vars": {"TEST_VAR": "test_value"},
           "annotations": {"Foo": "bar"}}
@@ -152,6 +153,30 @@ def test_an_instance_is_served_through_caddy(v2, appliance):
     assert "--seed" in engine_process(appliance, auto)[0]
 
 
+@pytest.mark.parametrize("name", ["0b5e1a8e-7c2d-4f5a-9e3b-2d6f8a1c4e7b",
+                                  "IqL3_x-Zk9W2m7VnR4tY8uP1sD6fG0hJ5aB3cE9oKdMi"])
+def test_ids_of_upstreams_clients_work_end_to_end(v2, appliance, name):
+    """Ours: a dashed UUID (upstream's POST ids) and the dual-pods controller's `I<base64url>i` ids are not valid
+    instance ids here; they name an instance `l<hash>`, and every llm-d route answers with the id given."""
+    url, client = v2
+    created = client.put(url(f"/{name}"), json=CONFIG)
+    assert created.status_code == 201 and created.json()["instance_id"] == name, created.text
+    assert client.put(url(f"/{name}"), json=CONFIG).status_code == 409
+    one = wait_for(lambda: (d := client.get(url(f"/{name}")).json())["ready"] and d)
+    assert one["instance_id"] == name and echoes(one, CONFIG)
+    assert name in client.get(url(), params={"detail": "false"}).json()["instance_ids"]
+    assert name in [i["instance_id"] for i in client.get(url()).json()["instances"]]
+    assert b"Starting vLLM API server" in client.get(url(f"/{name}/log")).content
+    internal = [i["id"] for i in client.get(appliance.portal_url("/api/instances")).json() if i["id"] != "vllm"]
+    assert len(internal) == 1 and internal[0].startswith("l") and len(internal[0]) == 32
+    with watching(appliance, client, client.get(url()).json()["revision"]) as next_event:
+        deleted = client.delete(url(f"/{name}"))
+        event = next_event()
+    assert deleted.status_code == 200 and deleted.json()["instance_id"] == name
+    assert event["type"] == "DELETED" and event["object"]["instance_id"] == name
+    assert client.get(url(f"/{name}")).status_code == 404
+
+
 @pytest.mark.parametrize("method,path,body,status,message", [
     ("POST", "", {"options": "--seed 1"}, 422, "--model"),
     ("POST", "", {"options": "--model 'unbalanced"}, 422, "shell-quoted"),
@@ -161,7 +186,7 @@ def test_an_instance_is_served_through_caddy(v2, appliance):
     ("POST", "", {"env_vars": {}}, 422, "options"),
     ("POST", "", {"options": "--model m", "gpu_uuids": ["GPU-nowhere"]}, 400, "GPU-nowhere"),
     ("POST", "", {"options": "--model m", "annotations": {"a": 1}}, 422, "annotations"),
-    ("PUT", "/Bad_Id", {"options": "--model m"}, 422, "instance id"),
+    ("PUT", "/bad!id", {"options": "--model m"}, 422, "instance id"),
     ("PUT", "/watch", {"options": "--model m"}, 422, "reserved"),
     ("PUT", "/port-clash", {"options": "--model m --port 11111"}, 409, "port 11111"),
 ])
