@@ -42,6 +42,17 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def uuid_indices() -> dict[str, int]:
+    """GPU UUID -> index, in NVML's order (the PCI bus order engines see: CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
+    indices = {}
+    for index, handle in enumerate(_nvml()):
+        try:
+            indices[_text(pynvml.nvmlDeviceGetUUID(handle))] = index
+        except pynvml.NVMLError:
+            continue
+    return indices
+
+
 def _pids(handle) -> set[int]:
     try:
         return {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}

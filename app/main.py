@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, gpu, guard, portal
-from app.api import instances, metrics, v2
+from app.api import instances, metrics, v2, v2_single
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -38,6 +38,7 @@ app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / 
 app.include_router(instances.router)
 app.include_router(v2.router)
 app.include_router(metrics.router)
+app.include_router(v2_single.router)
 app.include_router(provisioning_api.router)
 
 
