@@ -60,6 +60,8 @@ def csrf_refusal(method: str, headers: Mapping[str, str], scheme: str = "http") 
         return (f"cross-origin request refused (Sec-Fetch-Site: {fetch_site[:40]}): "
                 "use the portal itself or a bearer token")
     origin = headers.get("origin")
+    if fetch_site is None and origin is None and headers.get(AUTH_HEADER, "none") == "none":
+        return None  # no credential a browser could lend (auth off, or a local call) and no browser: a script
     if fetch_site is None and origin is not None and origin.lower() != own_origin(headers, scheme):
         return f"cross-origin request refused (Origin: {origin[:100]}): use the portal itself or a bearer token"
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -32,7 +32,7 @@ def test_other_hosts_are_refused(host):
     {**PORTAL, "x-appliance-auth": "cookie", "sec-fetch-site": "same-origin", **FORM},  # same origin, but a form
     {**PORTAL, "x-appliance-auth": "cookie", "sec-fetch-site": "same-origin"},  # body-less, no marker
     {**PORTAL, "x-appliance-auth": "none", "sec-fetch-site": "same-site", "x-portal-request": "1"},
-    {"host": "127.0.0.1:11111", "content-type": "text/plain"},  # a direct local call without a marker
+    {"host": "127.0.0.1:11111", "origin": "http://box:8888", "content-type": "text/plain"},  # a page, locally
 ])
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_requests_a_browser_could_forge_are_refused(method, headers):
@@ -46,6 +46,8 @@ def test_requests_a_browser_could_forge_are_refused(method, headers):
     {**PORTAL, "x-appliance-auth": "basic", "content-type": "application/json; charset=utf-8"},  # curl -u, JSON
     {**PORTAL, "x-appliance-auth": "bearer", **FORM},  # a browser never sends our bearer token by itself
     {**PORTAL, "x-appliance-auth": "bearer", "sec-fetch-site": "cross-site"},
+    {**PORTAL, "x-appliance-auth": "none"},  # ENABLE_AUTH=false: an llm-d client's body-less DELETE
+    {"host": "127.0.0.1:11111"},  # a script on the box, straight to the manager
 ])
 def test_the_portal_and_scripted_clients_pass(headers):
     assert guard.csrf_refusal("POST", headers, "http") is None
