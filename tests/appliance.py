@@ -60,7 +60,7 @@ class Appliance:
         self.boot_log = root / "boot.out"
 
     # --- life cycle ----------------------------------------------------------
-    def start(self, *, wait_engine: bool | None = None, timeout: float = 60) -> "Appliance":
+    def start(self, *, wait_engine: bool | None = None, timeout: float = 60) -> Appliance:
         self.root.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen([str(self.entrypoint)], env=self.env, stdin=subprocess.DEVNULL,
                                         stdout=self.boot_log.open("ab"), stderr=subprocess.STDOUT,

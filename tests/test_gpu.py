@@ -6,12 +6,10 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from app import gpu, stats
+from app.instance import InstanceConfig
 from app.manager import Manager
 from app.settings import Settings
-from app.instance import InstanceConfig
 from tests.fakes.nvml import FakeNVML
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import openai
+
 
 def test_chat_completion(appliance):
     with appliance.client() as http:

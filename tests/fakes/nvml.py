@@ -26,7 +26,7 @@ class FakeNVML:
     def processes(self, index: int) -> list[int]:
         return list(self.devices[index]["processes"])
 
-    def install(self, monkeypatch=None) -> "FakeNVML":
+    def install(self, monkeypatch=None) -> FakeNVML:
         import app.gpu as gpu
         setattr_ = monkeypatch.setattr if monkeypatch else setattr
         setattr_(gpu, "_state", {"ready": None, "reason": None, "handles": []})

@@ -40,3 +40,24 @@ def test_metrics_carry_engines_gpus_and_the_control_plane(boot):
         assert {s.labels["instance"]: s.value for s in families["appliance_engine_up"]} == {"vllm": 1, "second": 0}
     with app.client(auth=False) as anonymous:
         assert anonymous.get(app.portal_url("/metrics")).status_code == 401
+
+
+def test_the_monitoring_docs_examples_name_metrics_the_appliance_exports(appliance):
+    """docs/monitoring.md's Prometheus config parses, and every metric the Grafana dashboard queries is in a scrape
+    (vLLM's own histograms only exist on the real engine: those are checked to be vLLM's names)."""
+    import json
+    import re
+
+    import yaml
+
+    docs = REPO / "docs"
+    config = re.search(r"```yaml\n(.*?)```", (docs / "monitoring.md").read_text(), re.S).group(1)
+    job = yaml.safe_load(config)["scrape_configs"][0]
+    assert job["honor_labels"] is True and job["authorization"]["credentials_file"]
+    with appliance.client() as client:
+        exported = set(scrape(appliance, client))
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for name in re.findall(r"\b((?:vllm:|appliance_)[a-z_:]+)", panel["targets"][0]["expr"]):
+            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            assert family in exported or family == "vllm:time_to_first_token_seconds", (panel["title"], name)

@@ -109,7 +109,7 @@ def test_copy_buttons_copy_the_snippet_with_and_without_the_clipboard_api(portal
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app.portal_url("/").rstrip("/"))
     page = login(app, context, "/models")
     copy = ".instance[data-id=vllm] details:first-of-type button.copy"
-    page.wait_for_selector(f".instance[data-id=vllm] .badge.ready")
+    page.wait_for_selector(".instance[data-id=vllm] .badge.ready")
     page.click(copy)
     assert page.inner_text(copy) == "Copied"
     assert f"curl https://127.0.0.1:{app.api_port}/v1/" in page.evaluate("navigator.clipboard.readText()")
