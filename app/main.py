@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import gpu, portal
-from app.api import instances, v2
+from app.api import instances, logs, v2
 from app.api import provisioning as provisioning_api
 from app.instances import Manager
 from app.settings import get_settings
@@ -34,6 +34,7 @@ app = FastAPI(title="vLLM appliance manager", docs_url="/api/docs", openapi_url=
               lifespan=lifespan)
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
 app.include_router(instances.router)
+app.include_router(logs.router)
 app.include_router(v2.router)
 app.include_router(provisioning_api.router)
 

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app import logs, validation
-from app.api.instances import error, log_response
+from app.api.instances import error
+from app.api.logs import log_response
 from app.engine import option_value
 from app.instances import OWNING_PHASES, InstanceError, SwapRequest, error_message
 
