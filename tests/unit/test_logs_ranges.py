@@ -1,8 +1,6 @@
 """Byte ranges and tails of logs: the llm-d contract, and reads that do not grow with the file."""
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, strategies as st
 
@@ -30,6 +28,19 @@ def test_bad_ranges(header, status):
     assert caught.value.status == status and caught.value.total == 30
 
 
+def test_a_start_of_thousands_of_digits_is_past_the_end_and_the_message_stays_short():
+    with pytest.raises(logs.RangeError) as caught:
+        logs.byte_range(f"bytes={'9' * 5000}-", 30)
+    assert caught.value.status == 416 and "5000 digits" in caught.value.message and len(caught.value.message) < 200
+    assert logs.byte_range(f"bytes=10-{'9' * 5000}", 30) == (10, 29, True)  # an end that far: to the end
+    with pytest.raises(logs.RangeError) as caught:
+        logs.byte_range(f"bytes=1-{'x' * 5000}", 30)
+    assert caught.value.status == 400 and len(caught.value.message) < 200
+    with pytest.raises(logs.RangeError) as caught:
+        logs.byte_range("bytes=\u0661-", 30)  # an Arabic-Indic digit is no byte offset
+    assert caught.value.status == 400
+
+
 @given(total=st.integers(1, 10**10), start=st.integers(0, 10**10), length=st.integers(0, 10**7))
 def test_any_satisfiable_range_stays_inside_the_file_and_under_a_mebibyte(total, start, length):
     try:
@@ -53,35 +64,3 @@ def test_rotated_parts_are_listed_after_the_current_logs_and_can_be_read(tmp_pat
     names = [entry["name"] for entry in logs.listing(tmp_path)]
     assert names == ["caddy", "vllm", "vllm.log.1", "vllm.log.2", "vllm.log.10"]
     assert logs.find(tmp_path, "vllm.log.2") == tmp_path / "vllm.log.2"
-
-
-def test_follow_yields_new_lines_with_resumable_offsets(tmp_path):
-    path = tmp_path / "x.log"
-    path.write_bytes(b"one\ntwo\n")
-
-    async def collect(offset, count):
-        out = []
-        async for event in logs.follow(path, offset, poll=0.01):
-            if event.startswith("id:"):
-                out.append(event)
-                if len(out) == count:
-                    return out
-    events = asyncio.run(collect(0, 2))
-    assert events == ["id: 4\ndata: one\n\n", "id: 8\ndata: two\n\n"]
-    with path.open("ab") as handle:
-        handle.write(b"three\n")
-    assert asyncio.run(collect(8, 1)) == ["id: 14\ndata: three\n\n"]
-
-
-def test_follow_without_an_offset_starts_at_a_whole_line_near_the_end(tmp_path):
-    path = tmp_path / "x.log"
-    lines = [f"line {n:05d}".encode() for n in range(2000)]  # 11 bytes each with its newline
-    path.write_bytes(b"\n".join(lines) + b"\n")
-
-    async def first():
-        async for event in logs.follow(path, None, poll=0.01):
-            return event
-    event = asyncio.run(first())
-    offset, data = int(event.split("\n")[0][4:]), event.split("\n")[1][6:]
-    assert data.encode() in lines and path.stat().st_size - offset < 4096
-    assert path.read_bytes()[:offset].endswith(data.encode() + b"\n")
