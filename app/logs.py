@@ -1,4 +1,4 @@
-"""The log folder: listing, byte ranges (HTTP Range, as the llm-d launcher has it) and tails (live streams: app.logstream)."""
+"""The log folder: listing, byte ranges (HTTP Range, as the llm-d launcher has it) and tails."""
 from __future__ import annotations
 
 import re

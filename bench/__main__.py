@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["proxy", "boot", "memory", "swap", "stats_logs"]
+BENCHMARKS = ["proxy", "boot", "memory", "swap", "stats_logs", "streams"]
 
 
 def main(names: list[str]) -> None:

@@ -99,7 +99,7 @@ def test_streams_per_client_are_capped_with_a_clear_429(box):
     headers = {"Authorization": f"Bearer {box.token}"}
     with box.client() as client, contextlib.ExitStack() as stack:
         open_streams(stack, client, url, cap)
-        refused = client.get(url)
+        refused = client.get(url, headers={"X-Forwarded-For": "10.9.8.7"})  # Caddy puts the address it saw
         assert refused.status_code == 429
         assert f"at most {cap}" in refused.json()["detail"] and "127.0.0.1" in refused.json()["detail"]
         # another client (another source address) is not held back by this one's streams
