@@ -19,6 +19,7 @@ POLL = 0.25                   # seconds between two looks at a followed file
 KEEPALIVE = 15.0              # an SSE comment after this long without a line, so proxies keep the stream open
 MAX_PENDING = 1024 * 1024     # bytes of batches a reader may have unsent before it is dropped
 MAX_STREAMS_PER_CLIENT = 20   # open streams per client address (HTTP 429 beyond)
+CATCH_UP = 64 * 1024          # bytes a reader behind the tail reads at a time (short turns on the event loop)
 DROPPED = b": dropped: this reader fell behind the log; reconnect with Last-Event-ID to go on from the file\n\n"
 
 
@@ -178,7 +179,9 @@ class Streams:
                     reader = Reader()
                     tail.readers.add(reader)
                     break
-                data = read(path, cursor, min(tail.position, cursor + MAX_CHUNK) - 1)
+                data = read(path, cursor, min(tail.position, cursor + CATCH_UP) - 1)
+                if b"\n" not in data:  # a line longer than a step: up to MAX_CHUNK at once, as the tail reads
+                    data = read(path, cursor, min(tail.position, cursor + MAX_CHUNK) - 1)
                 batch, used = events(data, cursor, cut=len(data) >= MAX_CHUNK)
                 if not used:  # the file shrank under us: the tail notices and starts again from 0
                     await asyncio.sleep(POLL)

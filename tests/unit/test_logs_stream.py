@@ -172,3 +172,22 @@ def test_streams_per_client_are_capped():
     assert streams.open("10.0.0.2")  # another client is not held back
     streams.close("10.0.0.1")
     assert streams.open("10.0.0.1")
+
+
+def test_a_line_longer_than_a_catch_up_step_arrives_whole(tmp_path):
+    path = tmp_path / "x.log"
+    long = "y" * (3 * logstream.CATCH_UP)
+    append(path, "short", long, "after")
+
+    async def scenario():
+        streams = logstream.Streams()
+        live = streams.follow(path, path.stat().st_size)  # the tail, from the end
+        pending = asyncio.ensure_future(live.__anext__())
+        behind = streams.follow(path, 0)  # reads the file itself
+        got = await take(behind, 3)
+        append(path, long)
+        assert parse(await asyncio.wait_for(pending, 10))[0][1] == long
+        await live.aclose()
+        await behind.aclose()
+        return got
+    assert [data for _, data in asyncio.run(scenario())] == ["short", long, "after"]
