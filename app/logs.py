@@ -1,12 +1,17 @@
-"""The log folder: listing, byte ranges (HTTP Range, as the llm-d launcher has it), tails and live streams."""
+"""The log folder: listing, byte ranges (HTTP Range, as the llm-d launcher has it) and tails."""
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
 MAX_CHUNK = 1024 * 1024  # at most 1 MiB per answer
-_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+MAX_OFFSET = 10**18 - 1  # 18 digits: past any file; a longer number is past the end, not parsed
+_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]*)")
+
+
+def offset_value(digits: str) -> int:
+    """A byte offset from its decimal digits; anything over 18 digits counts as MAX_OFFSET + 1 (past any end)."""
+    return int(digits) if len(digits) <= 18 else MAX_OFFSET + 1
 
 
 class RangeError(Exception):
@@ -15,19 +20,24 @@ class RangeError(Exception):
         self.status, self.message, self.total = status, message, total
 
 
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
 def byte_range(header: str | None, total: int) -> tuple[int, int, bool]:
     """(start, end inclusive, partial) for a Range header; end < start means nothing to send."""
     if header is None:
         return 0, min(total, MAX_CHUNK) - 1, False
     match = _RANGE.fullmatch(header.strip())
     if not match:
-        raise RangeError(400, f"unsupported Range {header!r}: use bytes=START-END or bytes=START-", total)
-    start = int(match.group(1))
-    end = int(match.group(2)) if match.group(2) else start + MAX_CHUNK - 1
+        raise RangeError(400, f"unsupported Range {_short(header)}: use bytes=START-END or bytes=START-", total)
+    start = offset_value(match.group(1))
+    end = offset_value(match.group(2)) if match.group(2) else start + MAX_CHUNK - 1
     if match.group(2) and end < start:
-        raise RangeError(400, f"Range {header!r} ends before it starts", total)
+        raise RangeError(400, f"Range {_short(header)} ends before it starts", total)
     if start >= total:
-        raise RangeError(416, f"Range starts at {start}, past the end of the log ({total} bytes)", total)
+        where = start if start <= MAX_OFFSET else f"{match.group(1)[:6]}... ({len(match.group(1))} digits)"
+        raise RangeError(416, f"Range starts at {where}, past the end of the log ({total} bytes)", total)
     return start, min(end, total - 1, start + MAX_CHUNK - 1), True
 
 
@@ -79,33 +89,3 @@ def find(folder: Path, name: str) -> Path | None:
         if "/" not in candidate and candidate not in (".", "..") and (folder / candidate).is_file():
             return folder / candidate
     return None
-
-
-async def follow(path: Path, offset: int | None, poll: float = 0.25, keepalive: float = 15.0):
-    """Server-sent events with each new complete line; its `id` is the byte offset just after it, to resume from.
-
-    offset None: start at the first whole line of the last 4 KiB of the file. A file that shrinks (rotation) is read from its start.
-    """
-    cursor = max(0, path.stat().st_size - 4096) if offset is None else offset  # start of `pending`
-    if offset is None and cursor:  # the tail starts at a line's beginning, not halfway through one
-        newline = read(path, cursor - 1, cursor + 4095).find(b"\n")
-        cursor += newline if newline >= 0 else 4096
-    pending, idle = b"", 0.0
-    while True:
-        size = path.stat().st_size if path.exists() else 0
-        if size < cursor + len(pending):
-            cursor, pending = 0, b""
-        position = cursor + len(pending)
-        if size > position:
-            pending += read(path, position, min(size, position + MAX_CHUNK) - 1)
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                cursor += len(line) + 1
-                yield f"id: {cursor}\ndata: {line.decode(errors='replace')}\n\n"
-            idle = 0.0
-        else:
-            if idle >= keepalive:
-                yield ": keep-alive\n\n"
-                idle = 0.0
-            await asyncio.sleep(poll)
-            idle += poll

@@ -1,88 +1,205 @@
-"""Byte ranges and tails of logs: the llm-d contract, and reads that do not grow with the file."""
+"""Logs on the booted appliance, through Caddy: live streams (one shared tail, a cap per client, slow readers
+dropped), downloads of a log being written, and offsets of thousands of digits."""
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
 
+import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from app import logs
+from app import logstream
+from tests.appliance import Appliance
 
-
-@pytest.mark.parametrize("header,total,expected", [
-    (None, 30, (0, 29, False)),
-    ("bytes=0-14", 30, (0, 14, True)),
-    ("bytes=15-29", 30, (15, 29, True)),
-    ("bytes=15-", 30, (15, 29, True)),
-    ("bytes=15-999", 30, (15, 29, True)),
-    (None, 5 * logs.MAX_CHUNK, (0, logs.MAX_CHUNK - 1, False)),
-    ("bytes=10-", 5 * logs.MAX_CHUNK, (10, logs.MAX_CHUNK + 9, True)),
-])
-def test_ranges(header, total, expected):
-    assert logs.byte_range(header, total) == expected
+LINE = "x" * 90  # with "NNNNNNN " in front and its newline: 99 bytes a line
 
 
-@pytest.mark.parametrize("header,status", [("bytes=-5", 400), ("items=0-1", 400), ("bytes=a-b", 400),
-                                           ("bytes=5-1", 400), ("bytes=30-", 416), ("bytes=0-1,3-4", 400)])
-def test_bad_ranges(header, status):
-    with pytest.raises(logs.RangeError) as caught:
-        logs.byte_range(header, 30)
-    assert caught.value.status == status and caught.value.total == 30
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    """An appliance without an engine; tests write their own logs into its log folder."""
+    app = Appliance(tmp_path_factory.mktemp("logs"), {"VLLM_MODEL": ""})
+    app.start()
+    yield app
+    app.stop()
 
 
-@given(total=st.integers(1, 10**10), start=st.integers(0, 10**10), length=st.integers(0, 10**7))
-def test_any_satisfiable_range_stays_inside_the_file_and_under_a_mebibyte(total, start, length):
+def log_dir(app: Appliance) -> Path:
+    return app.root / "var/log/portal"
+
+
+def write_lines(path: Path, first: int, count: int) -> None:
+    with path.open("a") as handle:
+        handle.write("".join(f"{n:07d} {LINE}\n" for n in range(first, first + count)))
+
+
+def wait_for(condition, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def read_until(lines, marker: str) -> str:
+    """Read a stream's lines up to the data line holding `marker`; the last id seen before it."""
+    last = ""
+    for line in lines:
+        if line.startswith("id: "):
+            last = line[4:]
+        elif line.startswith("data: ") and marker in line:
+            return last
+    raise AssertionError(f"the stream ended before {marker!r}")
+
+
+def manager_reads(app: Appliance) -> int:
+    """Bytes the manager process has read so far (files and sockets alike: /proc/PID/io rchar)."""
+    pid = int(app.supervisorctl("pid", "manager").stdout.strip())
+    return int(dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())["rchar"])
+
+
+def open_streams(stack: contextlib.ExitStack, client: httpx.Client, url: str, count: int, **headers) -> list:
+    streams = []
+    for _ in range(count):
+        response = stack.enter_context(client.stream("GET", url, headers=headers))
+        assert response.status_code == 200, response.read()
+        streams.append(response.iter_lines())
+    return streams
+
+
+def test_many_streams_of_a_log_share_one_reader_of_its_file(box):
+    path = log_dir(box) / "shared.log"
+    write_lines(path, 0, 10)
+    count, size = 20, 400_000
+    with box.client(timeout=30) as client, contextlib.ExitStack() as stack:
+        streams = open_streams(stack, client, box.portal_url("/api/logs/shared/stream"), count)
+        path.open("a").write("ready\n")
+        for lines in streams:  # every stream is following the file live
+            read_until(lines, "ready")
+        before, start = manager_reads(box), path.stat().st_size
+        write_lines(path, 10, size // 99)
+        path.open("a").write("done\n")
+        for lines in streams:
+            read_until(lines, "done")
+        read, written = manager_reads(box) - before, path.stat().st_size - start
+    # one shared tail reads the new bytes once; a reader per stream would read them `count` times
+    assert written <= read < 4 * written, (read, written)
+
+
+def test_streams_per_client_are_capped_with_a_clear_429(box):
+    path = log_dir(box) / "capped.log"
+    write_lines(path, 0, 10)
+    url = box.portal_url("/api/logs/capped/stream")
+    cap = logstream.MAX_STREAMS_PER_CLIENT
+    verify = ssl.create_default_context(cafile=str(box.cert))
+    headers = {"Authorization": f"Bearer {box.token}"}
+    with box.client() as client, contextlib.ExitStack() as stack:
+        open_streams(stack, client, url, cap)
+        refused = client.get(url, headers={"X-Forwarded-For": "10.9.8.7"})  # Caddy puts the address it saw
+        assert refused.status_code == 429
+        assert f"at most {cap}" in refused.json()["detail"] and "127.0.0.1" in refused.json()["detail"]
+        # another client (another source address) is not held back by this one's streams
+        other = httpx.Client(transport=httpx.HTTPTransport(verify=verify, local_address="127.0.0.2"),
+                             headers=headers, timeout=10)
+        with other, other.stream("GET", url) as response:
+            assert response.status_code == 200
+    # the streams closed: their slots are free again (once Caddy has passed the disconnects on)
+    with box.client() as client:
+        def accepted():
+            with client.stream("GET", url) as response:
+                return response.status_code == 200
+        with contextlib.ExitStack() as stack:
+            open_streams(stack, client, url, cap - 1)
+            wait_for(accepted)
+
+
+def test_a_reader_that_falls_behind_is_dropped_and_resumes_from_the_file(box):
+    path = log_dir(box) / "flood.log"
+    write_lines(path, 0, 10)
+    verify = ssl.create_default_context(cafile=str(box.cert))
+    host, port = "127.0.0.1", box.portal_port
+    # a client that reads nothing, with a small receive buffer: the manager's queue for it fills
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect((host, port))
+    slow = verify.wrap_socket(raw, server_hostname=host)
+    slow.sendall(f"GET /api/logs/flood/stream HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                 f"Authorization: Bearer {box.token}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += slow.recv(1)
+    assert head.startswith(b"HTTP/1.1 200")
+    # much more than every buffer on the way (client, Caddy, the manager's socket) and the reader's queue hold
+    total = 0
+    while total < 48 * 1024 * 1024:
+        write_lines(path, total // 99, 10_000)
+        total += 10_000 * 99
+    slow.settimeout(30)
+    received, deadline = b"", time.monotonic() + 120
+    with slow:
+        while not received.endswith(b"0\r\n\r\n"):  # the end of the chunked body: the manager ended the stream
+            assert time.monotonic() < deadline and len(received) < total, "the stream went on: not dropped"
+            chunk = slow.recv(1 << 20)
+            assert chunk, "connection closed before the stream ended"
+            received += chunk
+    assert logstream.DROPPED.strip().decode() in received.decode(errors="replace")
+    ids = [int(line[4:]) for line in received.decode(errors="replace").splitlines() if line.startswith("id: ")]
+    assert ids and ids[-1] < path.stat().st_size
+    # as an EventSource reconnects: Last-Event-ID, and it goes on with the next line of the file
+    with box.client(timeout=30) as client, client.stream(
+            "GET", box.portal_url("/api/logs/flood/stream"), headers={"Last-Event-ID": str(ids[-1])}) as response:
+        lines = response.iter_lines()
+        first_id = next(line for line in lines if line.startswith("id: "))
+        data = next(lines)
+    with path.open("rb") as handle:
+        handle.seek(ids[-1])
+        expected = handle.readline()
+    assert int(first_id[4:]) == ids[-1] + len(expected) and data == f"data: {expected.decode().rstrip()}"
+
+
+def test_a_log_being_written_downloads_as_it_was_when_asked(box):
+    path = log_dir(box) / "growing.log"
+    write_lines(path, 0, 80_000)  # about 8 MB
+    stop = threading.Event()
+
+    def writer():
+        n = 80_000
+        while not stop.is_set():
+            write_lines(path, n, 500)
+            n += 500
+
+    thread = threading.Thread(target=writer)
+    thread.start()
     try:
-        first, last, partial = logs.byte_range(f"bytes={start}-{start + length}", total)
-    except logs.RangeError as exc:
-        assert exc.status == 416 and start >= total
-        return
-    assert partial and first == start and first <= last < total and last - first < logs.MAX_CHUNK
+        with box.client(timeout=60) as client:
+            for _ in range(3):
+                response = client.get(box.portal_url("/api/logs/growing/download"))
+                assert response.status_code == 200
+                assert len(response.content) == int(response.headers["content-length"]) >= 80_000 * 99
+                assert path.read_bytes()[:len(response.content)] == response.content
+                assert 'filename="growing.log"' in response.headers["content-disposition"]
+    finally:
+        stop.set()
+        thread.join()
 
 
-def test_tail_and_find(tmp_path):
-    (tmp_path / "vllm.log").write_text("".join(f"line {n}\n" for n in range(100_000)))
-    assert logs.tail_lines(tmp_path / "vllm.log", 3) == ["line 99997", "line 99998", "line 99999"]
-    assert logs.find(tmp_path, "vllm") == tmp_path / "vllm.log"
-    assert logs.find(tmp_path, "../etc/passwd") is None and logs.find(tmp_path, "..") is None
-
-
-def test_rotated_parts_are_listed_after_the_current_logs_and_can_be_read(tmp_path):
-    for name in ("vllm.log", "caddy.log", "vllm.log.10", "vllm.log.2", "vllm.log.1", "notes.txt", "vllm.log.bak"):
-        (tmp_path / name).write_text(name)
-    names = [entry["name"] for entry in logs.listing(tmp_path)]
-    assert names == ["caddy", "vllm", "vllm.log.1", "vllm.log.2", "vllm.log.10"]
-    assert logs.find(tmp_path, "vllm.log.2") == tmp_path / "vllm.log.2"
-
-
-def test_follow_yields_new_lines_with_resumable_offsets(tmp_path):
-    path = tmp_path / "x.log"
-    path.write_bytes(b"one\ntwo\n")
-
-    async def collect(offset, count):
-        out = []
-        async for event in logs.follow(path, offset, poll=0.01):
-            if event.startswith("id:"):
-                out.append(event)
-                if len(out) == count:
-                    return out
-    events = asyncio.run(collect(0, 2))
-    assert events == ["id: 4\ndata: one\n\n", "id: 8\ndata: two\n\n"]
-    with path.open("ab") as handle:
-        handle.write(b"three\n")
-    assert asyncio.run(collect(8, 1)) == ["id: 14\ndata: three\n\n"]
-
-
-def test_follow_without_an_offset_starts_at_a_whole_line_near_the_end(tmp_path):
-    path = tmp_path / "x.log"
-    lines = [f"line {n:05d}".encode() for n in range(2000)]  # 11 bytes each with its newline
-    path.write_bytes(b"\n".join(lines) + b"\n")
-
-    async def first():
-        async for event in logs.follow(path, None, poll=0.01):
-            return event
-    event = asyncio.run(first())
-    offset, data = int(event.split("\n")[0][4:]), event.split("\n")[1][6:]
-    assert data.encode() in lines and path.stat().st_size - offset < 4096
-    assert path.read_bytes()[:offset].endswith(data.encode() + b"\n")
+def test_offsets_of_thousands_of_digits_get_a_clear_4xx(box):
+    path = log_dir(box) / "digits.log"
+    write_lines(path, 0, 10)
+    huge = "9" * 5000
+    with box.client() as client:
+        ranged = client.get(box.portal_url("/api/logs/digits"), headers={"Range": f"bytes={huge}-"})
+        assert ranged.status_code == 416 and "past the end" in ranged.json()["detail"]
+        assert ranged.headers["content-range"] == f"bytes */{path.stat().st_size}"
+        resumed = client.get(box.portal_url("/api/logs/digits/stream"), headers={"Last-Event-ID": huge})
+        assert resumed.status_code == 400 and "at most 18 digits" in resumed.json()["detail"]
+        for url in (f"/api/logs/digits?offset={huge}", f"/api/logs/digits/stream?offset={huge}"):
+            assert client.get(box.portal_url(url)).status_code == 422, url
+        # an id past the end of the log is one from before a rotation: the stream starts at the file's beginning
+        with client.stream("GET", box.portal_url("/api/logs/digits/stream"),
+                           headers={"Last-Event-ID": str(10**12)}) as response:
+            assert next(line for line in response.iter_lines() if line.startswith("id: ")) == "id: 99"

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from app import gpu, logs, portal, validation
 from app.api import v2_state
-from app.api.instances import error, log_response
+from app.api.instances import error
+from app.api.logs import log_response
 from app.instance import InstanceRequest, error_message, option_value, without_option
 from app.manager import InstanceError
 

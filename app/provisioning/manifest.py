@@ -1,7 +1,9 @@
 """PROVISIONING_MANIFEST: the YAML schema, and errors that name each bad key and its line.
 
 Validated as a whole before anything in it runs: a manifest with one bad key
-installs nothing, downloads nothing and adds no program.
+installs nothing, downloads nothing and adds no program. Its size, its number of
+YAML nodes and their depth are checked before and while it is parsed, so a huge or
+deeply nested document is refused quickly, with the line where it went over.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ PROGRAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 RESERVED = {"caddy", "manager", "logforward", "provisioning", "sshd", "ray", "vllm"}
 # apt and pip names/specifiers: no option (leading -), no whitespace, no shell syntax.
 PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:=<>!~,\[\]@/-]*")
+MAX_BYTES = 256 * 1024  # the manifest's text, UTF-8
+MAX_NODES = 20_000      # YAML nodes: every key, value and list item counts one (an alias counts what it copies)
+MAX_DEPTH = 20          # nested mappings and lists
+MAX_PROBLEMS = 50       # problems listed; more are counted
 
 
 class ManifestError(ValueError):
@@ -182,6 +188,54 @@ class Manifest(_Strict):
         return ", ".join(parts) or "empty"
 
 
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting nodes and depth as it composes them: it stops at the first one over a limit."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth, self.nodes, self.sizes = 0, 0, {}  # sizes: nodes under each composed node, for its aliases
+
+    def _over(self, message: str):
+        mark = self.peek_event().start_mark
+        return ManifestError([f"line {mark.line + 1}: {message}"])
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            anchored = self.anchors.get(self.peek_event().anchor)
+            if anchored is not None and id(anchored) not in self.sizes:
+                raise self._over("an alias inside the value it refers to (a recursive document)")
+            self.nodes += self.sizes.get(id(anchored), 1)
+        else:
+            self.nodes += 1
+            self.depth += 1
+        if self.nodes > MAX_NODES:
+            raise self._over(f"more than {MAX_NODES} YAML nodes (keys, values and list items; the limit)")
+        if self.depth > MAX_DEPTH:
+            raise self._over(f"nested deeper than {MAX_DEPTH} levels (the limit)")
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        before = self.nodes
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        self.sizes[id(node)] = self.nodes - before + 1
+        return node
+
+
+def _load(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for error lines) and its data, within the limits."""
+    size = len(text.encode(errors="replace"))
+    if size > MAX_BYTES:
+        raise ManifestError([f"the manifest is {size} bytes: at most {MAX_BYTES} (the limit)"])
+    loader = _LimitedLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+
+
 def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
     """The YAML node at a pydantic error location (as deep as it goes); the key's node for a mapping key."""
     for part in loc:
@@ -202,8 +256,7 @@ def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
 def parse(text: str, source: str = "PROVISIONING_MANIFEST") -> Manifest:
     """The manifest, or ManifestError listing every bad key with its line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = _load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -215,8 +268,8 @@ def parse(text: str, source: str = "PROVISIONING_MANIFEST") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
+        problems, errors = [], exc.errors()
+        for error in errors[:MAX_PROBLEMS]:
             loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             node = _node_at(root, loc)
             line = f"line {node.start_mark.line + 1}: " if node is not None else ""
@@ -225,6 +278,8 @@ def parse(text: str, source: str = "PROVISIONING_MANIFEST") -> Manifest:
             if error["type"] == "extra_forbidden":
                 message = f"unknown key (allowed here: {_allowed(loc)})"
             problems.append(f"{line}{key}: {message}")
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
         raise ManifestError(problems) from None
 
 

@@ -137,3 +137,47 @@ def test_engine_python_is_the_shebang_of_vllm(tmp_path, monkeypatch):
     assert steps.engine_python(settings(tmp_path)) == "/opt/engine/bin/python3.12"
     vllm.write_text("#!/usr/bin/env python3\n")
     assert steps.engine_python(settings(tmp_path)) == shutil.which("python3")
+
+
+def test_manifest_over_the_size_limit_is_refused_before_parsing():
+    text = "apt:\n" + "  - htop\n" * (manifest.MAX_BYTES // 9 + 1)
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse(text)
+    assert info.value.problems == [f"the manifest is {len(text)} bytes: at most {manifest.MAX_BYTES} (the limit)"]
+
+
+def test_manifest_with_too_many_keys_is_refused_at_the_line_that_goes_over():
+    text = "env:\n" + "".join(f"  K{n}: v\n" for n in range(12_000))  # about 170 KB: under the size limit
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse(text)
+    [problem] = info.value.problems
+    line = int(problem.split(":")[0].removeprefix("line "))
+    assert f"more than {manifest.MAX_NODES} YAML nodes" in problem and 2 < line <= 12_001
+
+
+def test_aliases_count_what_they_copy():
+    # each level copies the one before it ten times: about 10**6 nodes from a few hundred bytes
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 7)]
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse("\n".join(levels) + "\n")
+    assert "YAML nodes" in info.value.problems[0] and info.value.problems[0].startswith("line ")
+
+
+@pytest.mark.parametrize("text,line", [
+    ("apt: " + "[" * 5000 + "]" * 5000 + "\n", 1),
+    ("env:\n" + "".join(f"{'  ' * n}k{n}:\n" for n in range(1, 200)), 20),
+])
+def test_manifest_nested_too_deep_is_refused_with_its_line(text, line):
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse(text)
+    assert info.value.problems == [f"line {line}: nested deeper than {manifest.MAX_DEPTH} levels (the limit)"]
+
+
+def test_a_manifest_with_many_bad_keys_lists_the_first_ones_and_counts_the_rest():
+    text = "".join(f"typo{n}: x\n" for n in range(3000))
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse(text)
+    problems = info.value.problems
+    assert len(problems) == manifest.MAX_PROBLEMS + 1 and problems[-1] == "... and 2950 more problems"
+    assert problems[1].startswith("line 2: typo1: unknown key")
