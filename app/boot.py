@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from app import boot_lock, boot_record, checks, credentials, engine, gpu, hub, portal_config, render, tls, validation
+from app import boot_lock, boot_record, caddy_config, checks, credentials, engine, gpu, hub, portal_config, render, validation
 from app.files import write_atomic
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, error_message
 from app.provisioning.prepare import prepare
@@ -74,12 +74,9 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
 
 
 def control_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
-    caddy_env = {"XDG_DATA_HOME": str(settings.caddy_data_dir), "XDG_CONFIG_HOME": str(settings.caddy_data_dir),
-                 "HOME": str(settings.caddy_data_dir)}
     return [
-        render.Program(name="caddy", argv=["caddy", "run", "--config", str(settings.caddyfile),
-                                           "--adapter", "caddyfile"],
-                       environment=caddy_env, priority=100),
+        # Renders the Caddyfile afresh (portal.yaml, /etc/environment), then execs Caddy: app/caddy_config.py
+        render.Program(name="caddy", argv=[sys.executable, "-m", "app.caddy_config", "run"], priority=100),
         # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
         # supervisord's environment, which the entrypoint scrubs of secrets).
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
@@ -109,39 +106,23 @@ def boot(settings: Settings, pid: int | None = None) -> Path:
 
 def _boot(settings: Settings) -> Path:
     token, generated = credentials.resolve_token(settings)
-    saved = settings.token_file.read_text().strip() if settings.token_file.exists() else ""
-    if settings.open_button_token and saved != token:
-        # The manager reads the token from this file: OPEN_BUTTON_TOKEN is kept out of every program's environment.
-        credentials.write_private(settings.token_file, token + "\n")
-    validation.username(settings.web_username)
-    password = credentials.password(settings, token)
-    settings = checks.public_addresses(settings, log)
-    why = tls.ensure_certificate(settings) if settings.enable_https else None
-    if why == "created":
-        log(f"created a self-signed TLS certificate: {settings.cert_file}")
-    elif why:
-        log(f"{why}; the new self-signed TLS certificate is {settings.cert_file} (clients that trusted the old one "
-            "must download this one)")
-
     prepared = prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
     apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
     kept = checks.port_collisions(apps, log)
     if kept != apps:
         portal_config.write(settings.portal_yaml, prepared.portal_config, kept)  # the manager reads this file
         apps = kept
-    settings = checks.other_ports(checks.auth_exclude(settings, apps, log), apps, log)
+    settings = checks.other_ports(settings, apps, log)
     ports = portal_config.Ports(apps)
+    caddy_config.remember(settings, ports)
+    caddyfile = caddy_config.render_text(settings, apps, log)  # token, password, keys, certificate: checked here
     programs = control_programs(settings, ports)
     programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, ports)
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait
 
     write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)
-    admins = credentials.bearer_tokens(settings, token)
-    write_atomic(settings.caddyfile, render.caddyfile(
-        settings, apps, token=token, admins=admins, keys=credentials.api_keys(settings, admins),
-        basic=credentials.basic_header(settings.web_username, password),
-        session=credentials.session_value(token)), mode=0o600)
+    write_atomic(settings.caddyfile, caddyfile, mode=0o600)
 
     portal = ports.portal
     if portal:

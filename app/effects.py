@@ -7,11 +7,10 @@ transition can be driven without processes. The blocking calls (XML-RPC, NVML, f
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import httpx
 
-from app import engine, gpu, hub, logs, render, stats
+from app import caddy_config, engine, gpu, hub, logs, render, stats
 from app.instance import InstanceConfig
 from app.settings import Settings
 from app.supervisor import Supervisor
@@ -81,11 +80,9 @@ class Effects:
         if file.exists() and file.read_text() == routes:
             return
         render.write_atomic(file, routes)
-        done = await asyncio.to_thread(subprocess.run, [
-            "caddy", "reload", "--config", str(self.settings.caddyfile), "--adapter", "caddyfile",
-            "--address", f"unix/{self.settings.caddy_admin_socket}"], capture_output=True, text=True, timeout=30)
-        if done.returncode:
-            print(f"manager: caddy reload failed: {done.stderr.strip()[-500:]}", flush=True)
+        problem = await asyncio.to_thread(caddy_config.reload, self.settings)
+        if problem:
+            print(f"manager: caddy reload failed: {problem}", flush=True)
 
     # --- GPUs ----------------------------------------------------------------------------------------------------
     def gpu_count(self) -> int:

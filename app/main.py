@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, gpu, guard, portal
-from app.api import instances, logs, metrics, v2, v2_single
+from app.api import caddy, instances, logs, metrics, v2, v2_single
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -36,6 +36,7 @@ app.add_middleware(guard.Guard)  # Host check, same-site forgery check, security
 api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
 app.include_router(instances.router)
+app.include_router(caddy.router)
 app.include_router(logs.router)
 app.include_router(v2.router)
 app.include_router(metrics.router)

@@ -30,9 +30,13 @@ class Manager:
         self.settings = settings
         self.fx = fx or Effects(settings)
         self.store = Store(settings)
-        self.ports = Ports.read(settings.portal_yaml)
         self.actors: dict[str, InstanceActor] = {}
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
+
+    @property
+    def ports(self) -> Ports:
+        """portal.yaml's apps: which port is the API's, and the ports no engine may take."""
+        return Ports.current(self.settings.portal_yaml)
 
     # --- actors ------------------------------------------------------------------------------------------------
     def actor(self, instance_id: str) -> InstanceActor:

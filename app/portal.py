@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from app import credentials
+from app import caddy_config, credentials
 from app.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
@@ -26,6 +26,7 @@ def page(request: Request, name: str) -> HTMLResponse:
     settings = request.app.state.settings
     ports = request.app.state.manager.ports
     apps, api, own = ports.apps, ports.api, ports.portal
+    settings = caddy_config.current(settings)  # auth and TLS as /etc/environment says now
     # The Apps page may need the token: behind a proxy that puts the port in the host name
     # (RunPod: https://<pod>-8000.proxy.runpod.net) the cookie of this host does not reach the other ports,
     # so links to them carry ?token= (Caddy sets the cookie there and drops it from the address).

@@ -87,7 +87,7 @@ def write(path: Path, source: str, apps: list[PortalApp]) -> None:
     """Write portal.yaml; `source` records the PORTAL_CONFIG it came from."""
     doc = {"portal_config": source,
            "applications": {a.name: a.model_dump() for a in apps}}
-    write_atomic(path, "# Written from PORTAL_CONFIG at boot; edit it, then restart the appliance.\n"
+    write_atomic(path, "# Written from PORTAL_CONFIG at boot. Edit it, then `supervisorctl restart caddy` (or Services > Apply configuration).\n"
                  + yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -128,6 +128,21 @@ class Ports:
         except FileNotFoundError:
             return cls()
 
+    @classmethod
+    def current(cls, path: Path) -> Ports:
+        """portal.yaml as it is now, parsed again only when the file changed (a user may edit it at any time)."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return cls()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if _parsed.get("key") != key:
+            try:
+                _parsed.update(key=key, ports=cls.read(path))
+            except (ValueError, yaml.YAMLError):
+                return _parsed.get("ports") or cls()  # a broken edit: keep what was read before
+        return _parsed["ports"]
+
     @property
     def portal(self) -> PortalApp | None:
         return find(self.apps, PORTAL_NAME)
@@ -153,3 +168,6 @@ class Ports:
             ports[app.external_port] = f"the public port of {app.name!r}"
             ports[app.internal_port] = f"the internal port of {app.name!r}"
         return ports
+
+
+_parsed: dict = {}  # Ports.current's last reading: the file's (path, mtime, size) and what it held

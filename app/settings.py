@@ -221,6 +221,16 @@ class Settings(BaseSettings):
         return self.root / "var" / "lib" / "caddy"
 
     @property
+    def caddy_inputs(self) -> Path:
+        """What the boot saw that a later render of the Caddyfile needs (secrets, ports); mode 0600."""
+        return self.state_dir / "caddy-inputs.json"
+
+    @property
+    def environment_file(self) -> Path:
+        """Where Vast.ai and RunPod put a running instance's variables; read when Caddy's config is rendered."""
+        return self.root / "etc" / "environment"
+
+    @property
     def portal_yaml(self) -> Path:
         return self.root / "etc" / "portal.yaml"
 

@@ -357,6 +357,14 @@ function setupServices() {
     catch (error) { alert(error.message); }
     services();
   });
+  $("#apply-config").addEventListener("click", async (event) => {
+    event.target.disabled = true;
+    try {
+      const answer = await api("/api/caddy/reload", { method: "POST" });
+      $("#apply-result").textContent = answer.result === "reloaded" ? "Applied: Caddy reloaded." : "Nothing changed.";
+    } catch (error) { $("#apply-result").textContent = `Not applied: ${error.message}`; }
+    event.target.disabled = false;
+  });
 }
 
 // --- apps ----------------------------------------------------------------------
