@@ -288,7 +288,7 @@ def test_services_page_lists_programs_stops_starts_and_protects_caddy_and_manage
     for protected in ("caddy", "manager"):
         assert page.is_disabled(f"tr[data-name={protected}] button[data-action=stop]")
         assert page.is_disabled(f"tr[data-name={protected}] button[data-action=restart]")
-    assert "RUNNING" in page.inner_text("tr[data-name=vllm]")
+    page.wait_for_function("() => document.querySelector('tr[data-name=vllm]').textContent.includes('RUNNING')")
     assert re.search(r"\d+s", page.inner_text("tr[data-name=caddy]"))  # uptime
     shot(page, "services")
     page.click("tr[data-name=vllm] button[data-action=stop]")
@@ -296,6 +296,8 @@ def test_services_page_lists_programs_stops_starts_and_protects_caddy_and_manage
     page.click("tr[data-name=vllm] button[data-action=start]")
     page.wait_for_function("() => document.querySelector('tr[data-name=vllm]').textContent.includes('RUNNING')")
     wait_ready(app, api)
+    page.click("#apply-config")  # portal.yaml and the settings are as booted: Caddy's configuration is unchanged
+    page.wait_for_function("() => document.querySelector('#apply-result').textContent === 'Nothing changed.'")
 
 
 def test_apps_page_links_open_with_the_cookie(portal):
