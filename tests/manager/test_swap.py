@@ -245,3 +245,13 @@ def test_args_sent_as_one_string_are_split_like_a_shell_would(api):
     assert answer["result"] == "ready"
     assert answer["args"] == ['--override-generation-config={"temperature": 0.5}', "--seed", "3"]
     assert client.delete(appliance.portal_url("/api/instances/quoted")).status_code == 200
+
+
+def test_an_engine_supervisor_cannot_spawn_fails_the_swap_with_its_reason_not_a_500(api):
+    appliance, client = api
+    before = served(appliance, client)
+    response = put(appliance, client, "vllm", model="acme/no-path", env={"PATH": "/nonexistent"}, wait=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["result"] == "rolled back" and "can't find command" in body["error"], body
+    assert served(appliance, client) == before
