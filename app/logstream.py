@@ -188,8 +188,8 @@ class Streams:
                     continue
                 cursor += used
                 yield batch
-            while (batch := await reader.next()) is not None:
-                yield batch
+            while (queued := await reader.next()) is not None:
+                yield queued
             yield DROPPED
         finally:
             if reader is not None:

@@ -72,7 +72,8 @@ def appliance_families(views: list[dict], up: dict[str, bool], snapshot: dict) -
     state = GaugeMetricFamily("appliance_instance_state", "1 for the instance's current state, 0 for the others.",
                               labels=["instance", "state"])
     restarts = GaugeMetricFamily("appliance_instance_restarts",
-                                 "Restarts the manager did not ask for, since the manager started.", labels=["instance"])
+                                 "Restarts the manager did not ask for, since the manager started.",
+                                 labels=["instance"])
     engine_up = GaugeMetricFamily("appliance_engine_up", "1 if the instance's engine answered this scrape.",
                                   labels=["instance"])
     for view in views:

@@ -103,14 +103,16 @@ def environment_line(environment: dict[str, str]) -> str:
 
 def supervisord_conf(settings: Settings, python: str) -> str:
     return _templates(settings).get_template("supervisor/supervisord.conf.j2").render(
-        user="root" if os.geteuid() == 0 else "", socket=settings.supervisor_socket, log_dir=settings.log_dir, run_dir=settings.run_dir,
-        programs_dir=settings.programs_dir, logforward=command_line([python, "-m", "app.logforward"]))
+        user="root" if os.geteuid() == 0 else "", socket=settings.supervisor_socket, log_dir=settings.log_dir,
+        run_dir=settings.run_dir, programs_dir=settings.programs_dir,
+        logforward=command_line([python, "-m", "app.logforward"]))
 
 
 def program_conf(settings: Settings, program: Program) -> str:
     return _templates(settings).get_template("supervisor/program.conf.j2").render(
         p=program, marker=MARKER, note=program.note, command=command_line(program.argv),
-        environment=environment_line(program.environment), directory=supervisor_escape(program.directory or str(settings.home)),
+        environment=environment_line(program.environment),
+        directory=supervisor_escape(program.directory or str(settings.home)),
         logfile=supervisor_escape(str(settings.log_dir / f"{program.name}.log")))
 
 

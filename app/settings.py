@@ -33,7 +33,8 @@ class Settings(BaseSettings):
 
     # --- the engine ----------------------------------------------------------
     vllm_model: str = Field("", alias="VLLM_MODEL",
-        description="Model served by the program `vllm` at boot (HF id or local path). Empty: no engine until one is chosen.")
+        description="Model served by the program `vllm` at boot (HF id or local path). "
+                    "Empty: no engine until one is chosen.")
     vllm_args: str = Field("", alias="VLLM_ARGS",
         description="Extra `vllm serve` arguments, a shell-quoted string (parsed, never run through a shell).")
     vllm_bin: str = Field("vllm", alias="VLLM_BIN",
@@ -51,9 +52,11 @@ class Settings(BaseSettings):
     engine_ports: str = Field("18001-18999", alias="ENGINE_PORTS",
         description="Internal ports (`first-last`) given to instances created through the API without a port.")
     gpu_release_timeout: float = Field(60.0, alias="GPU_RELEASE_TIMEOUT",
-        description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs before starting the new one.")
+        description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs "
+                    "before starting the new one.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
-        description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is installed; start it with `supervisorctl start ray`.")
+        description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is "
+                    "installed; start it with `supervisorctl start ray`.")
 
     # --- access --------------------------------------------------------------
     open_button_token: str = Field("", alias="OPEN_BUTTON_TOKEN",
@@ -61,7 +64,8 @@ class Settings(BaseSettings):
     web_username: str = Field("vastai", alias="WEB_USERNAME",
         description="Basic-auth user name (default `vastai`, as on Vast.ai).")
     web_password: str = Field("", alias="WEB_PASSWORD",
-        description="Basic-auth password; defaults to the token. Accepted as a bearer token too when it is token-shaped (16+ of A-Z a-z 0-9 _ -).")
+        description="Basic-auth password; defaults to the token. Accepted as a bearer token too when it is "
+                    "token-shaped (16+ of A-Z a-z 0-9 _ -).")
     enable_auth: bool = Field(True, alias="ENABLE_AUTH",
         description="Auth on every public port (bearer, basic, cookie).")
     auth_exclude: str = Field("", alias="AUTH_EXCLUDE",
@@ -73,29 +77,36 @@ class Settings(BaseSettings):
     portal_config: str = Field(DEFAULT_PORTAL_CONFIG, alias="PORTAL_CONFIG",
         description="`host:external:internal:path:Name|...`, as on Vast.ai.")
     api_keys: str = Field("", alias="API_KEYS",
-        description="Comma list of inference-only keys (each 16-256 of A-Z a-z 0-9 _ -): accepted as bearer tokens on the API port's inference routes only (`/v1/...`, `/instances/<id>/...`, /tokenize, /score, ...), refused everywhere else. Remove a key to revoke it.")
+        description="Comma list of inference-only keys (each 16-256 of A-Z a-z 0-9 _ -): accepted as bearer "
+                    "tokens on the API port's inference routes only (`/v1/...`, `/instances/<id>/...`, /tokenize, "
+                    "/score, ...), refused everywhere else. Remove a key to revoke it.")
 
     # --- first boot ----------------------------------------------------------
     provisioning_script: str = Field("", alias="PROVISIONING_SCRIPT",
         description="URL or path of a shell script run once on first boot.")
     provisioning_manifest: str = Field("", alias="PROVISIONING_MANIFEST",
-        description="URL or path of a YAML manifest (apt, pip, models, files, env, programs, apps) applied once on first boot; see docs/provisioning.md.")
+        description="URL or path of a YAML manifest (apt, pip, models, files, env, programs, apps) applied once "
+                    "on first boot; see docs/provisioning.md.")
     boot_hooks_dir: str = Field("", alias="BOOT_HOOKS_DIR",
         description="Folder of scripts run at every boot before the programs start. Default `<workspace>/boot.d`.")
     boot_hook_timeout: int = Field(300, alias="BOOT_HOOK_TIMEOUT",
         description="Seconds one boot hook may run before it is killed (counted as a failure).")
     public_key: str = Field("", alias="PUBLIC_KEY",
-        description="SSH public key(s), one per line: an `sshd` program accepts only these, unless an sshd already runs.")
+        description="SSH public key(s), one per line: an `sshd` program accepts only these, "
+                    "unless an sshd already runs.")
     ssh_port: int = Field(22, alias="SSH_PORT",
         description="Port of the appliance's own sshd (when PUBLIC_KEY is set).")
     runpod_pod_id: str = Field("", alias="RUNPOD_POD_ID",
         description="Set by RunPod: the boot log then prints the RunPod proxy addresses of the public ports.")
     allow_open_portal: bool = Field(False, alias="ALLOW_OPEN_PORTAL",
-        description="Let AUTH_EXCLUDE name the portal's port, which opens the manager API to anyone (a warning at every boot). Without it, that port keeps its auth.")
+        description="Let AUTH_EXCLUDE name the portal's port, which opens the manager API to anyone "
+                    "(a warning at every boot). Without it, that port keeps its auth.")
     public_ipaddr: str = Field("", alias="PUBLIC_IPADDR",
-        description="Set by Vast.ai: the box's public IP, named in the self-signed certificate so clients can verify it.")
+        description="Set by Vast.ai: the box's public IP, named in the self-signed certificate "
+                    "so clients can verify it.")
     runpod_public_ip: str = Field("", alias="RUNPOD_PUBLIC_IP",
-        description="Set by RunPod: the pod's public IP, named in the self-signed certificate so clients can verify it.")
+        description="Set by RunPod: the pod's public IP, named in the self-signed certificate "
+                    "so clients can verify it.")
 
     @field_validator("auto_parallel", mode="before")
     @classmethod

@@ -62,8 +62,9 @@ class Supervisor:
                 raise
 
     def apply_config(self, names: set[str] | None = None) -> tuple[list[str], list[str], list[str]]:
-        """Re-read the program files and add, replace or remove process groups accordingly (like `supervisorctl update`),
-        for the groups in `names` only when given (so the manager never replaces itself or Caddy by accident).
+        """Re-read the program files and add, replace or remove process groups accordingly
+        (like `supervisorctl update`), for the groups in `names` only when given (so the manager never replaces
+        itself or Caddy by accident).
 
         A changed or removed group is stopped first; an added group starts if its autostart is on.
         """

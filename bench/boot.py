@@ -57,7 +57,8 @@ def main() -> None:
             first.append(appliance_boot(app))     # new root: token, certificate, every folder
             restart.append(appliance_boot(app))   # same root again
     base = statistics.median(baseline)
-    rows = [[name, f"{statistics.median(v):.2f}", f"{min(v):.2f}", f"{max(v):.2f}", f"{statistics.median(v) / base:.1f}"]
+    rows = [[name, f"{statistics.median(v):.2f}", f"{min(v):.2f}", f"{max(v):.2f}",
+             f"{statistics.median(v) / base:.1f}"]
             for name, v in (("manager alone (baseline)", baseline), ("first boot", first), ("restart", restart))]
     body = (f"Seconds from starting `entrypoint.sh` until `GET /api/health` through Caddy (TLS, bearer token) "
             f"answers 200, with no engine; {RUNS} runs each.\n\n"

@@ -43,7 +43,8 @@ def main() -> None:
         size = sum(f.stat().st_size for f in settings.cache_dir.rglob("*") if f.is_file()) / 2**20
     ratio = statistics.median(warm) / statistics.median(cold)
     body = ("Seconds from `vllm serve` until `/v1/models` lists the model, median (min–max) of "
-            f"{ROUNDS} rounds after one untimed start (file caches warm); a tiny Llama, compiled mode (no `--enforce-eager`), the appliance's cache variables "
+            f"{ROUNDS} rounds after one untimed start (file caches warm); a tiny Llama, compiled mode "
+            "(no `--enforce-eager`), the appliance's cache variables "
             "(`VLLM_CACHE_ROOT`, `TORCHINDUCTOR_CACHE_DIR`, `TRITON_CACHE_DIR`, `XDG_CACHE_HOME` under "
             "`<workspace>/cache`). Cold: the cache folder emptied first (baseline). Warm: right after a cold start, "
             "with what it left.\n\n"

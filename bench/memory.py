@@ -41,7 +41,7 @@ def portal_load(app: Appliance, stop: threading.Event) -> None:
                 try:
                     if path.endswith("/stream"):
                         with client.stream("GET", app.portal_url(path)) as response:
-                            for _ in zip(range(3), response.iter_lines()):
+                            for _ in zip(range(3), response.iter_lines(), strict=False):
                                 pass
                     else:
                         client.get(app.portal_url(path))
@@ -83,7 +83,8 @@ def main() -> None:
     body = ("Resident memory (VmRSS, MiB). Busy: the peak over 10 s while four clients poll /api/health, "
             "/api/stats and /api/instances and tail a log over SSE that the engine writes 20 lines/s to.\n\n"
             + table(["process", "idle MiB", "busy MiB"], rows)
-            + f"\n\nThe control plane is {total_busy / baseline:.1f}× a bare interpreter when busy. Target: under 200 MiB.")
+            + f"\n\nThe control plane is {total_busy / baseline:.1f}× a bare interpreter when busy. "
+            "Target: under 200 MiB.")
     write_section("memory", "Control-plane memory", body, "make bench  # or: python -m bench memory")
 
 

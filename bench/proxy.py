@@ -121,8 +121,9 @@ def main() -> None:
                                      f"{our[1]:.2f} / {our[2]:.2f}", f"{per_request:.0f}"])
                 base_first, base_last = stream_timings(app, f"{direct}/v1/chat/completions")
                 ours_first, ours_last = stream_timings(app, app.api_url("/v1/chat/completions"))
-                stream_rows.append([f"Caddy, {label}", f"{base_first:.2f}", f"{ours_first:.2f}", f"{ours_first - base_first:+.2f}",
-                                    f"{base_last:.2f}", f"{ours_last:.2f}", f"{ours_last - base_last:+.2f}"])
+                stream_rows.append([f"Caddy, {label}", f"{base_first:.2f}", f"{ours_first:.2f}",
+                                    f"{ours_first - base_first:+.2f}", f"{base_last:.2f}", f"{ours_last:.2f}",
+                                    f"{ours_last - base_last:+.2f}"])
             finally:
                 app.stop()
     health_ratio, health_cpu = results["TLS + auth", "`GET /health`", 64]

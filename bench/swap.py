@@ -77,8 +77,9 @@ def spread(times: list[float]) -> str:
 def measure(label: str, vllm_bin: Path, models: list[tuple[str, str]], args: list[str], timeout: float,
             tmp: Path) -> tuple[list, str]:
     """The table row, and a sentence on how much the engine's own start varies."""
-    app = Appliance(tmp / label.replace(" ", "-"), {"VLLM_MODEL": models[-1][0],
-                                                    "VLLM_ARGS": " ".join(args + ["--served-model-name", models[-1][1]])},
+    app = Appliance(tmp / label.replace(" ", "-"),
+                    {"VLLM_MODEL": models[-1][0],
+                     "VLLM_ARGS": " ".join(args + ["--served-model-name", models[-1][1]])},
                     path_prefix=[vllm_bin])
     app.start(timeout=timeout)
     direct, exits, through = [], [], []

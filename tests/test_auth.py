@@ -63,7 +63,8 @@ def test_bearer_and_basic_pass(appliance, which):
     port = appliance.portal_port if which == "portal" else appliance.api_port
     path = "/api/health" if which == "portal" else "/v1/models"
     with appliance.client(auth=False) as client:
-        assert client.get(appliance.url(port, path), headers={"Authorization": f"Bearer {appliance.token}"}).status_code == 200
+        assert client.get(appliance.url(port, path),
+                          headers={"Authorization": f"Bearer {appliance.token}"}).status_code == 200
         assert client.get(appliance.url(port, path), auth=("vastai", appliance.token)).status_code == 200
 
 
@@ -166,6 +167,7 @@ def test_web_password_works_for_basic_and_bearer(boot):
         assert client.get(app.portal_url("/api/health"), auth=("alice", "correct-horse-battery")).status_code == 200
         assert client.get(app.portal_url("/api/health"),
                           headers={"Authorization": "Bearer correct-horse-battery"}).status_code == 200
-        assert client.get(app.portal_url("/api/health"), headers={"Authorization": "Bearer " + "t" * 32}).status_code == 200
+        assert client.get(app.portal_url("/api/health"),
+                          headers={"Authorization": "Bearer " + "t" * 32}).status_code == 200
         assert_challenged(client.get(app.portal_url("/api/health"), auth=("vastai", "correct-horse-battery")))
         assert_challenged(client.get(app.portal_url("/api/health"), auth=("alice", "t" * 32)))

@@ -171,7 +171,8 @@ def test_make_run_keeps_the_users_vllm_before_its_engine_venv(tmp_path):
     decoy.write_text("#!/bin/sh\necho 'the engine venv vllm ran' >&2\nexit 3\n")
     decoy.chmod(0o755)
     wrapper = tmp_path / "make-run.sh"
-    wrapper.write_text(f'#!/bin/sh\nexec make -s -C {REPO} run ENGINE_VENV={engine_venv} APPLIANCE_ROOT="$APPLIANCE_ROOT"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec make -s -C {REPO} run ENGINE_VENV={engine_venv} '
+                       'APPLIANCE_ROOT="$APPLIANCE_ROOT"\n')
     wrapper.chmod(0o755)
     app = Appliance(tmp_path / "root", {"VLLM_MODEL": "acme/tiny-chat"}, entrypoint=wrapper)
     try:

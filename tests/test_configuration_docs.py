@@ -18,7 +18,8 @@ def actual() -> dict[str, str]:
     out = {}
     for field in Settings.model_fields.values():
         default = field.default
-        out[field.alias] = "—" if default in ("", None) else str(default).lower() if isinstance(default, bool) else str(default)
+        out[field.alias] = ("—" if default in ("", None)
+                            else str(default).lower() if isinstance(default, bool) else str(default))
     return out
 
 

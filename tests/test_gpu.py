@@ -62,7 +62,8 @@ def test_gpus_become_cuda_visible_devices_and_the_parallel_size(monkeypatch, tmp
     assert program.environment["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert program.argv[-2:] == ["--tensor-parallel-size", "2"]
     automatic = engine.program(settings, InstanceConfig(id="vllm", model="m", port=18000), gpu_count=4)
-    assert automatic.argv[-2:] == ["--tensor-parallel-size", "4"] and "CUDA_VISIBLE_DEVICES" not in automatic.environment
+    assert (automatic.argv[-2:] == ["--tensor-parallel-size", "4"]
+            and "CUDA_VISIBLE_DEVICES" not in automatic.environment)
     off = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path), USE_ALL_GPUS="false"),
                          InstanceConfig(id="vllm", model="m", port=18000), gpu_count=4)
     assert "--tensor-parallel-size" not in off.argv
@@ -89,8 +90,8 @@ def test_a_swap_waits_only_for_the_gpu_processes_of_the_engine_it_stops(monkeypa
 
 def test_an_empty_gpu_list_means_no_gpu_and_no_parallel_size(tmp_path):
     from app import engine
-    program = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path)), InstanceConfig(id="a", model="m", port=18001, gpus=[]),
-                             gpu_count=4)
+    program = engine.program(Settings(APPLIANCE_ROOT=str(tmp_path)),
+                             InstanceConfig(id="a", model="m", port=18001, gpus=[]), gpu_count=4)
     assert program.environment["CUDA_VISIBLE_DEVICES"] == "" and "--tensor-parallel-size" not in program.argv
 
 

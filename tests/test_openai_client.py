@@ -9,8 +9,8 @@ import openai
 def test_chat_completion(appliance):
     with appliance.client() as http:
         ai = openai.OpenAI(base_url=appliance.api_url("/v1"), api_key=appliance.token, http_client=http)
-        reply = ai.chat.completions.create(model="acme/tiny-chat", messages=[{"role": "user", "content": "hello there"}],
-                                           max_tokens=8)
+        reply = ai.chat.completions.create(model="acme/tiny-chat",
+                                           messages=[{"role": "user", "content": "hello there"}], max_tokens=8)
     assert reply.choices[0].message.content
     assert reply.usage.completion_tokens > 0
 

@@ -59,7 +59,8 @@ def run_boot_hooks(settings: Settings) -> dict[str, str]:
         if name.endswith(".env"):
             log(f"boot.d/{name}: sourcing")
             baseline = _hook_env(settings, name)
-            code, out = _run_hook(settings, ["bash", "-c", 'set -a; . "$1" >&2 || exit $?; env -0', "boot-hook", str(path)],
+            code, out = _run_hook(settings,
+                                  ["bash", "-c", 'set -a; . "$1" >&2 || exit $?; env -0', "boot-hook", str(path)],
                                   name, capture_env=True)
             if code != 0:
                 log(f"ERROR: boot.d/{name}: exited with {code}; none of its variables are used (boot goes on)")

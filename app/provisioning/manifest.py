@@ -191,6 +191,8 @@ class Manifest(_Strict):
 class _LimitedLoader(yaml.SafeLoader):
     """PyYAML's safe loader, counting nodes and depth as it composes them: it stops at the first one over a limit."""
 
+    sizes: dict[int, int]
+
     def __init__(self, stream: str):
         super().__init__(stream)
         self.depth, self.nodes, self.sizes = 0, 0, {}  # sizes: nodes under each composed node, for its aliases

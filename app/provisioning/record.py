@@ -57,7 +57,8 @@ def status(settings: Settings) -> dict:
             "exit_code": record.get("exit_code"), "started_at": record.get("started_at"),
             "ended_at": record.get("ended_at"), "error": record.get("error"),
             "script_sha256": record.get("script_sha256"), "manifest_sha256": record.get("manifest_sha256"),
-            "steps": record.get("steps", []), "waiting": record.get("deferred", []) if provisioning_pending(settings) else [],
+            "steps": record.get("steps", []),
+            "waiting": record.get("deferred", []) if provisioning_pending(settings) else [],
             "last_success": record.get("last_success"),
             "progress": progress(settings) if record.get("status") == "running" else None,
             "log": str(settings.log_dir / f"{PROGRAM}.log"), "log_url": f"/api/logs/{PROGRAM}"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 from app import render
 from app.provisioning import manifest as manifest_mod
@@ -135,14 +136,15 @@ def _run(settings: Settings, record: dict, steps: list[dict], force: bool) -> in
             "(POST /api/provisioning/rerun to force)")
         record.update(status="skipped", skipped=True, steps=[])
         return 0
-    plan: list[tuple[str, str, object]] = []
+    plan: list[tuple[str, str, Callable[[], None]]] = []
     if manifest:
         if manifest.apt:
             plan.append(("apt", " ".join(manifest.apt), lambda: step_apt(settings, manifest.apt)))
         if manifest.pip:
             plan.append(("pip", " ".join(manifest.pip), lambda: step_pip(settings, manifest.pip)))
         if manifest.files:
-            plan.append(("files", ", ".join(f.dest for f in manifest.files), lambda: step_files(settings, manifest.files)))
+            plan.append(("files", ", ".join(f.dest for f in manifest.files),
+                         lambda: step_files(settings, manifest.files)))
         if manifest.models:
             plan.append(("models", ", ".join(m.repo for m in manifest.models),
                          lambda: step_models(settings, manifest.models)))
@@ -150,7 +152,7 @@ def _run(settings: Settings, record: dict, steps: list[dict], force: bool) -> in
         plan.append(("script", settings.provisioning_script, lambda: step_script(settings, script)))
     steps.extend({"name": name, "detail": detail, "status": "waiting"} for name, detail, _ in plan)
     save_record(settings, record)
-    for entry, (name, detail, action) in zip(steps, plan):
+    for entry, (name, detail, action) in zip(steps, plan, strict=True):
         say(f"==> step {name}: {detail}")
         entry.update(status="running", started_at=now())
         save_record(settings, record)

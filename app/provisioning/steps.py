@@ -56,8 +56,8 @@ def _child_env(settings: Settings) -> dict[str, str]:
 def _command(settings: Settings, argv: list[str], what: str) -> None:
     say(f"$ {' '.join(argv)}")
     try:
-        code = subprocess.run(argv, check=False, env=_child_env(settings), cwd=settings.workspace, stdin=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(argv, check=False, env=_child_env(settings), cwd=settings.workspace,
+                              stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode
     except OSError as exc:
         raise StepFailed(f"{what}: {exc.strerror}: {argv[0]}", 127) from None
     if code != 0:

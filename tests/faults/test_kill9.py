@@ -1,4 +1,5 @@
-"""kill -9 of each program under steady request load: it comes back by itself, no request hangs, nothing saved is lost."""
+"""kill -9 of each program under steady request load: it comes back by itself, no request hangs,
+nothing saved is lost."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,8 @@ REQUEST_TIMEOUT = 5.0
 
 def saved_files(appliance) -> dict[str, str]:
     """Digests of what must survive a crash: program files, portal.yaml, token, certificate, saved state."""
-    roots = [appliance.root / "etc/supervisor/conf.d", appliance.root / "workspace/.appliance", appliance.root / "etc/portal.yaml"]
+    roots = [appliance.root / "etc/supervisor/conf.d", appliance.root / "workspace/.appliance",
+             appliance.root / "etc/portal.yaml"]
     files = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file()]
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if not p.name.startswith(".")}
 

@@ -94,7 +94,8 @@ def test_login_with_token_and_overview_shows_gpus_and_host(portal):
     for heading in ("CPU", "Memory", "Workspace disk"):
         assert heading in page.inner_text("#host")
     # the sparkline grows with each 2 s sample, without a reload
-    page.wait_for_function("""() => document.querySelector('.gpu polyline').getAttribute('points').split(' ').length >= 3""",
+    page.wait_for_function("() => document.querySelector('.gpu polyline')"
+                           ".getAttribute('points').split(' ').length >= 3",
                            timeout=8000)
     page.wait_for_function("() => document.querySelector('#health').classList.contains('ok')")
     assert "1/1 models ready" in page.inner_text("#health-text")
@@ -109,10 +110,12 @@ def test_overview_stats_follow_the_engines_without_reload(portal, api):
     memory = page.inner_text(".gpu[data-index='1'] dl.kv")
     assert api.post(app.portal_url("/api/instances/vllm/stop")).status_code == 200
     # the engine's GPU memory is released: owner gone, memory lower (fake NVML: 1 GiB per engine process)
-    page.wait_for_function("() => !document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=6000)
+    page.wait_for_function("() => !document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')",
+                           timeout=6000)
     assert page.inner_text(".gpu[data-index='1'] dl.kv") != memory
     assert api.post(app.portal_url("/api/instances/vllm/start")).status_code == 200
-    page.wait_for_function("() => document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')", timeout=8000)
+    page.wait_for_function("() => document.querySelector('.gpu[data-index=\"1\"]').textContent.includes('vllm')",
+                           timeout=8000)
     assert page.evaluate("window.notReloaded === true")
     wait_ready(app, api)
 
@@ -186,7 +189,8 @@ def test_a_starting_engine_shows_elapsed_time_latest_line_and_download_progress(
     page.click("#swap button[type=submit]")
     card = ".instance[data-id=slow]"
     page.wait_for_selector(f"{card} .badge.starting")
-    page.wait_for_function(f"() => document.querySelector('{card}')?.textContent.includes('Download / load:')", timeout=5000)
+    page.wait_for_function(f"() => document.querySelector('{card}')?.textContent.includes('Download / load:')",
+                           timeout=5000)
     text = page.inner_text(card)
     assert "Starting for" in text and re.search(r"\d+%\|", text)
     assert page.locator(f"{card} pre.lines").count() == 1  # the latest log line

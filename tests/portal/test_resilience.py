@@ -90,7 +90,8 @@ def test_app_links_and_snippets_behind_a_port_in_the_host_name_proxy(portal):
     runpod = {"protocol": "https:", "hostname": f"abc123-{app.portal_port}.proxy.runpod.net", "port": ""}
     assert page.evaluate(f"publicBase({app.api_port}, {runpod})") == f"https://abc123-{app.api_port}.proxy.runpod.net"
     link = page.evaluate(f"appLink({app.api_port}, '/docs', {runpod})")
-    assert link == f"https://abc123-{app.api_port}.proxy.runpod.net/docs?token={app.token}"  # another host: no cookie there
+    # another host: no cookie there
+    assert link == f"https://abc123-{app.api_port}.proxy.runpod.net/docs?token={app.token}"
     assert page.evaluate(f"appLink({app.api_port}, '/docs', location)") == f"https://127.0.0.1:{app.api_port}/docs"
     # such a link logs a browser without the cookie in, and Caddy takes the token out of the address
     fresh = browser.new_context(ignore_https_errors=True)
@@ -145,12 +146,15 @@ def test_every_button_is_reachable_at_phone_width(portal):
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path}: wider than the phone"
         clipped = page.evaluate("""() => [...document.querySelectorAll('main button, main a.button, main a.app, nav a')]
             .filter(e => e.offsetParent !== null)
-            .filter(e => { const r = e.getBoundingClientRect(); const x = r.left + r.width / 2, y = r.top + r.height / 2;
+            .filter(e => { const r = e.getBoundingClientRect();
+                           const x = r.left + r.width / 2, y = r.top + r.height / 2;
                            if (r.left < 0 || r.right > 391) return true;
                            e.scrollIntoView({ block: 'center' });
-                           const s = e.getBoundingClientRect(), hit = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2);
+                           const s = e.getBoundingClientRect(),
+                                 hit = document.elementFromPoint(s.left + s.width / 2, s.top + s.height / 2);
                            return !(hit && (hit === e || e.contains(hit))); })
-            .map(e => e.textContent.trim() + ' ' + (e.closest('[data-id],[data-name]')?.dataset.id || e.closest('[data-name]')?.dataset.name || ''))""")
+            .map(e => e.textContent.trim() + ' ' + (e.closest('[data-id],[data-name]')?.dataset.id
+                                                    || e.closest('[data-name]')?.dataset.name || ''))""")
         assert not clipped, f"{path}: cut off or covered at 390 px: {clipped}"
     phone.close()
 
@@ -158,7 +162,8 @@ def test_every_button_is_reachable_at_phone_width(portal):
 def test_a_portal_left_open_by_auth_exclude_never_shows_the_token(boot):
     app = boot({"VLLM_MODEL": ""}, wait_engine=False)
     with app.client() as client:
-        assert f'data-token="{app.token}"' in client.get(app.portal_url("/apps")).text  # logged in: the Apps page has it
+        # logged in: the Apps page has it
+        assert f'data-token="{app.token}"' in client.get(app.portal_url("/apps")).text
         assert client.get(app.portal_url("/apps")).headers["cache-control"] == "no-store"
         assert app.token not in client.get(app.portal_url("/models")).text
     open_portal = boot({"VLLM_MODEL": ""}, start=False)  # its ports are known once it exists

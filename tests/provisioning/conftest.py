@@ -33,7 +33,8 @@ class Loopback(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: Loopback
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/octet-stream"):
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
+              content_type="application/octet-stream"):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -42,7 +42,8 @@ def test_the_full_example_manifest(tmp_path, loopback, tools, capsys):
     loopback.files["chatml.jinja"] = b"{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}\n"
     loopback.models["Qwen/Qwen2.5-0.5B-Instruct"] = {"config.json": b"{}", "model.safetensors": b"q" * 100}
     loopback.models["meta-llama/Llama-3.2-1B-Instruct"] = {
-        "config.json": b"{}", "model.safetensors": b"l" * 100, "tokenizer.json": b"{}", "original/consolidated.pth": b"x"}
+        "config.json": b"{}", "model.safetensors": b"l" * 100, "tokenizer.json": b"{}",
+        "original/consolidated.pth": b"x"}
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text((EXAMPLES / "manifest.yaml").read_text().replace(CHATML, f"{loopback.url}/files/chatml.jinja"))
     s = settings(tmp_path, PROVISIONING_MANIFEST=str(manifest), HF_ENDPOINT=loopback.url)

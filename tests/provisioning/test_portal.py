@@ -39,7 +39,8 @@ def test_the_portal_shows_waiting_engines_a_failure_and_reruns(boot, tmp_path):
             (REPO / "tests" / "artifacts").mkdir(exist_ok=True)
             page.screenshot(path=str(REPO / "tests" / "artifacts" / "provisioning-failed.png"))
             page.click("#provisioning a.button")  # to the Logs page, on provisioning.log
-            page.wait_for_function("() => document.querySelector('#log').textContent.includes('cannot reach the package mirror')")
+            page.wait_for_function(
+                "() => document.querySelector('#log').textContent.includes('cannot reach the package mirror')")
 
             (app.workspace / "fixed").touch()
             page.goto(app.portal_url("/"))

@@ -71,7 +71,7 @@ def test_sshd_accepts_only_public_key_forwards_internal_ports_and_keeps_its_host
         tunnel.wait(10)
 
     taken = boot({"PUBLIC_KEY": (tmp_path / "id.pub").read_text().strip(), "SSH_PORT": str(port)})
-    assert "port %d is already served" % port in taken.output() and "sshd" not in taken.supervisorctl("status").stdout
+    assert f"port {port} is already served" in taken.output() and "sshd" not in taken.supervisorctl("status").stdout
     taken.stop()
 
     app.stop()  # the host key is generated once and kept: the client sees the same one after a restart

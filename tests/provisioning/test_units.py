@@ -40,7 +40,8 @@ env:
         manifest.parse(text)
     problems = "\n".join(info.value.problems)
     assert "line 3: apt.1:" in problems
-    assert "line 6: models.0.revison: unknown key (allowed here: repo, revision, allow_patterns, ignore_patterns)" in problems
+    assert ("line 6: models.0.revison: unknown key "
+            "(allowed here: repo, revision, allow_patterns, ignore_patterns)") in problems
     assert "line 8: files.0.url:" in problems and "http(s) URL" in problems
     assert "line 11: programs.0.name:" in problems and "appliance's own" in problems
     assert "line 12: programs.0.command:" in problems

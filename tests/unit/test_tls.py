@@ -62,7 +62,8 @@ def test_a_malformed_public_address_is_refused_by_name(tmp_path):
 
 
 def test_supplied_certificates_are_never_touched(tmp_path):
-    s = settings(tmp_path, TLS_CERT=str(tmp_path / "c.pem"), TLS_KEY=str(tmp_path / "k.pem"), PUBLIC_IPADDR="203.0.113.7")
+    s = settings(tmp_path, TLS_CERT=str(tmp_path / "c.pem"), TLS_KEY=str(tmp_path / "k.pem"),
+                 PUBLIC_IPADDR="203.0.113.7")
     (tmp_path / "c.pem").write_text("theirs")
     (tmp_path / "k.pem").write_text("theirs")
     assert tls.ensure_certificate(s) is None and (tmp_path / "c.pem").read_text() == "theirs"

@@ -1,4 +1,5 @@
-"""Tests only: with FAKE_NVML_GPUS=N, every Python process that can import pynvml sees N fake GPUs (tests/fakes/nvml.py)."""
+"""Tests only: with FAKE_NVML_GPUS=N, every Python process that can import pynvml sees N fake GPUs
+(tests/fakes/nvml.py)."""
 import os
 
 if os.environ.get("FAKE_NVML_GPUS"):
