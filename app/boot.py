@@ -13,7 +13,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from app import boot_lock, boot_record, caddy_config, checks, credentials, engine, gpu, hub, portal_config, render, validation
+from app import (
+    boot_lock,
+    boot_record,
+    caddy_config,
+    checks,
+    credentials,
+    engine,
+    gpu,
+    hub,
+    portal_config,
+    render,
+    validation,
+)
 from app.files import write_atomic
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, error_message
 from app.provisioning.prepare import prepare

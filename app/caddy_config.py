@@ -23,7 +23,7 @@ from dotenv import dotenv_values
 
 from app import checks, credentials, render, tls, validation
 from app.files import write_atomic
-from app.portal_config import Ports, PortalApp
+from app.portal_config import PortalApp, Ports
 from app.settings import Settings, get_settings
 
 RELOADABLE = ("OPEN_BUTTON_TOKEN", "WEB_USERNAME", "WEB_PASSWORD", "API_KEYS", "ENABLE_AUTH", "AUTH_EXCLUDE",

@@ -87,8 +87,8 @@ def write(path: Path, source: str, apps: list[PortalApp]) -> None:
     """Write portal.yaml; `source` records the PORTAL_CONFIG it came from."""
     doc = {"portal_config": source,
            "applications": {a.name: a.model_dump() for a in apps}}
-    write_atomic(path, "# Written from PORTAL_CONFIG at boot. Edit it, then `supervisorctl restart caddy` (or Services > Apply configuration).\n"
-                 + yaml.safe_dump(doc, sort_keys=False))
+    write_atomic(path, "# Written from PORTAL_CONFIG at boot. Edit it, then `supervisorctl restart caddy`\n"
+                       "# (or the portal's Services > Apply configuration).\n" + yaml.safe_dump(doc, sort_keys=False))
 
 
 def load(path: Path) -> tuple[str, list[PortalApp]]:
