@@ -33,7 +33,8 @@ def test_a_full_workspace_during_a_swap_gives_a_clear_error_and_keeps_the_model(
         except OSError:
             pass
     with app.client(timeout=60) as client:
-        answer = put(app, client, "vllm", model="acme/new-one-with-a-rather-long-name" + "-x" * 40, wait=True)
+        answer = put(app, client, "vllm", model="acme/new-one-with-a-rather-long-name", args=["--seed", "1"] * 100,
+                     wait=True)
         assert answer.status_code == 507, answer.text
         assert "cannot save the new configuration" in answer.text and "untouched" in answer.text
         assert served(app, client) == ["acme/kept"]

@@ -77,7 +77,7 @@ def test_any_request_is_refused_or_round_trips_through_supervisor(manager, insta
 def test_llm_d_options_become_the_same_model_and_arguments(manager, model, rest):
     options = shlex.join(["--model", model, *rest])
     try:
-        swap = to_swap(LaunchRequest(options=options))
+        swap = to_swap(LaunchRequest(options=options).options, None, None)
     except ValueError:  # refused, with a message
         return
     assert swap.model == model
