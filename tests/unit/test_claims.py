@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from app import portal_config
 from app.instance import InstanceRequest
 from app.manager import InstanceError
 from tests.unit.fakes import make_manager, settle
@@ -26,9 +27,10 @@ def test_two_requests_in_flight_are_not_given_the_same_port(tmp_path):
 def test_a_port_of_the_appliance_is_refused(tmp_path):
     async def scenario():
         manager, _ = make_manager(tmp_path)
+        config = "localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
+        manager.settings.portal_yaml.parent.mkdir(parents=True, exist_ok=True)
+        portal_config.write(manager.settings.portal_yaml, config, portal_config.parse(config))
         with pytest.raises(InstanceError, match="port 18000 is the internal port of 'vLLM API'") as caught:
-            manager.ports = type(manager.ports)(__import__("app.portal_config", fromlist=["parse"]).parse(
-                "localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"))
             await manager.swap("a", InstanceRequest(model="acme/a", port=18000))
         assert caught.value.status == 409
     asyncio.run(scenario())
