@@ -5,32 +5,17 @@ Straight to the manager's loopback port (no Caddy), so the figures are the manag
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from bench.report import table, write_section
+from bench.stats_logs import timed
 from tests.appliance import REPO, Appliance
 
 RUNS = 200
-
-
-def timed(client: httpx.Client, url: str, runs: int = RUNS) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        assert client.get(url).status_code == 200
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
-
-
-def p50_p99(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
 
 
 def main() -> None:
@@ -50,8 +35,8 @@ def main() -> None:
                 engines = len({line.split('instance="')[1].split('"')[0] for line in body.splitlines()
                                if line.startswith("vllm:num_requests_running")})
                 gpus = sum(line.startswith("appliance_gpu_memory_total_bytes") for line in body.splitlines())
-                health = timed(client, f"{base}/api/health")
-                scrape = timed(client, f"{base}/metrics")
+                health = timed(lambda: client.get(f"{base}/api/health"), RUNS)
+                scrape = timed(lambda: client.get(f"{base}/metrics"), RUNS)
                 stop = threading.Event()
 
                 def scrape_loop():
@@ -61,13 +46,13 @@ def main() -> None:
                 loop = threading.Thread(target=scrape_loop)
                 loop.start()
                 try:
-                    busy = timed(client, f"{base}/api/health")
+                    busy = timed(lambda: client.get(f"{base}/api/health"), RUNS)
                 finally:
                     stop.set()
                     loop.join()
         finally:
             app.stop()
-    (h50, h99), (s50, s99), (b50, b99) = p50_p99(health), p50_p99(scrape), p50_p99(busy)
+    (h50, h99), (s50, s99), (b50, b99) = health, scrape, busy
     rows = [["GET /api/health, idle (baseline)", f"{h50:.2f}", f"{h99:.2f}", "1.0"],
             [f"GET /metrics ({engines} engines, {gpus} GPUs, {len(body) // 1024} KiB)", f"{s50:.2f}", f"{s99:.2f}",
              f"{s50 / h50:.1f}"],
