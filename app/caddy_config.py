@@ -67,7 +67,8 @@ def current(settings: Settings) -> Settings:
 def render_text(settings: Settings, apps: list[PortalApp], log: Log) -> str:
     """The Caddyfile for these settings and apps (ValueError: a setting that must not be used, named)."""
     token, _ = credentials.resolve_token(settings)
-    if settings.open_button_token and settings.token_file.read_text().strip() != token:
+    saved = settings.token_file.read_text().strip() if settings.token_file.exists() else ""
+    if settings.open_button_token and saved != token:
         credentials.write_private(settings.token_file, token + "\n")  # the manager reads the token from there
     validation.username(settings.web_username)
     password = credentials.password(settings, token)
