@@ -20,14 +20,18 @@ RUNS = 200
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        app = Appliance(Path(tmp) / "app", {"VLLM_MODEL": "acme/metrics-0", "FAKE_NVML_GPUS": "8",
+        models = []
+        for n in range(4):  # local folders: the stand-in serves them, and no Hub is asked
+            models.append(Path(tmp) / f"metrics-{n}")
+            models[-1].mkdir()
+        app = Appliance(Path(tmp) / "app", {"VLLM_MODEL": str(models[0]), "FAKE_NVML_GPUS": "8",
                                             "PYTHONPATH": str(REPO / "tests/fakes/nvml_site")})
         app.start()
         try:
             with app.client(timeout=60) as api:
                 for n in (1, 2, 3):
                     answer = api.put(app.portal_url(f"/api/instances/metrics-{n}"),
-                                     json={"model": f"acme/metrics-{n}", "gpus": [], "wait": True})
+                                     json={"model": str(models[n]), "gpus": [], "wait": True})
                     assert answer.json()["result"] == "ready", answer.text
             base = f"http://127.0.0.1:{app.portal_internal}"
             with httpx.Client(timeout=30) as client:
