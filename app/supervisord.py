@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from supervisor import loggers, supervisord
+from supervisor import loggers, supervisord  # type: ignore[attr-defined]
 
 QUIET_FOR = 60.0  # seconds: at most one line per log file in this time
 _last: dict[str, float] = {}
@@ -20,7 +20,7 @@ _last: dict[str, float] = {}
 def handle_error(handler: loggers.Handler) -> None:
     """One line naming the file and the reason, then silence for QUIET_FOR seconds for that file."""
     error = sys.exc_info()[1]
-    name = getattr(handler, "baseFilename", None) or getattr(getattr(handler, "stream", None), "name", "a log")
+    name = str(getattr(handler, "baseFilename", None) or getattr(getattr(handler, "stream", None), "name", "a log"))
     now = time.monotonic()
     if now - _last.get(name, -QUIET_FOR) < QUIET_FOR:
         return
