@@ -27,6 +27,8 @@ async def lifespan(app: FastAPI):
     monitor = asyncio.create_task(app.state.manager.monitor())
     yield
     monitor.cancel()
+    if getattr(app.state, "llmd", None):  # the llm-d API's event poller, started on its first use
+        app.state.llmd.task.cancel()
     await app.state.manager.aclose()
 
 
