@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from app import engine, render, validation
 from app.api.v2 import LaunchRequest, to_swap
 from app.instance import InstanceRequest as SwapRequest
+from app.instance import without_option
 from app.manager import InstanceError, Manager
 from app.settings import Settings
 from tests.test_render import TEXT, parsed_programs
@@ -66,7 +67,7 @@ def test_any_request_is_refused_or_round_trips_through_supervisor(manager, insta
     assert set(programs) == {"logforward", config.id}  # never an extra program
     argv, env = programs[config.id]
     assert argv == program.argv and argv[1:3] == ["serve", body["model"]]
-    assert argv[3:3 + len(config.args)] == body.get("args", [])
+    assert argv[3:3 + len(config.args)] == without_option(body.get("args", []), "--port")  # --port: the port
     assert env == engine.environment(manager.settings, config) and body.get("env", {}).items() <= env.items()
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv.count("--host") == 1
     assert argv[argv.index("--port") + 1] == str(config.port) and argv.count("--port") == 1
