@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -55,6 +55,7 @@ def accepted(manager: Manager, instance_id: str, body: dict):
 
 @hsettings(max_examples=200, **SETTINGS)
 @given(instance_id=IDS, body=BODIES)
+@example(instance_id="a", body={"model": "m", "args": ["--seed", "1", "--port", "19001"]})
 def test_any_request_is_refused_or_round_trips_through_supervisor(manager, instance_id, body):
     config = accepted(manager, instance_id, body)
     if config is None:
