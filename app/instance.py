@@ -60,8 +60,8 @@ def without_option(args: list[str], name: str) -> list[str]:
 def model_reference(value: str, *, check_folder: bool = True) -> str:
     """A Hugging Face id (`name` or `org/name`) or a local folder (an absolute path, or one starting with `.`)."""
     validation.model_name(value)
-    if value.startswith(("/", "./", "../", "~")):
-        if check_folder and not Path(value).expanduser().is_dir():
+    if value.startswith(("/", "./", "../")):
+        if check_folder and not Path(value).is_dir():
             raise ValueError(f"model {value!r} is not an existing local folder")
         return value
     if not HUB_ID.fullmatch(value) or ".." in value:
