@@ -39,7 +39,8 @@ def test_model_in_args_is_refused():
     assert "give the model as `model`" in refused(args=["--model", "x"])
 
 
-@pytest.mark.parametrize("model", ["org/m; touch x", "a/b/c", "org/../x", "-m", "m n", "org/m$(id)", "", "x" * 200, "~0", "~root/m"])
+@pytest.mark.parametrize("model", ["org/m; touch x", "a/b/c", "org/../x", "-m", "m n", "org/m$(id)", "", "x" * 200,
+                                   "~0", "~root/m"])
 def test_a_model_that_is_neither_a_hub_id_nor_a_folder_is_refused(model):
     assert "model" in refused(model=model)
 
