@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 FAILED_STATES = {"EXITED", "FATAL", "BACKOFF"}
 SUPERSEDED = "superseded by a later request"
-WAITING_FOR_PROVISIONING = WAITING_REASON
 HUB_BACKOFF = (2.0, 120.0)  # first and longest wait between two questions to the Hub
 
 
@@ -309,7 +308,7 @@ class InstanceActor:
         elif name == "STOPPING":
             self._set(Phase.STOPPING)
         elif seen.waiting:
-            self._set(Phase.WAITING, WAITING_FOR_PROVISIONING)
+            self._set(Phase.WAITING, WAITING_REASON)
         elif self.rt.phase == Phase.WAITING and self.hub_held:
             return  # the Hub retry decides
         elif self.rt.phase != Phase.FAILED and self.rt.phase != Phase.STOPPED:

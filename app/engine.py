@@ -1,7 +1,6 @@
 """The `vllm serve` command line and environment of an engine program."""
 from __future__ import annotations
 
-from app.instance import option_value  # noqa: F401 (re-exported: the llm-d API reads options with it)
 from app.provisioning.record import engine_env
 
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
