@@ -101,8 +101,11 @@ def state(manager: Manager, launch_id: str, record: dict) -> tuple[str, str | No
         return "stopping", None
     if phase == Phase.STOPPED:
         return "stopped", None
-    reason = manager.view(manager.get(launch_id)).get("reason") if phase == Phase.FAILED else None
-    return STATES[phase], reason or (f"{launch_id} failed" if phase == Phase.FAILED else None)
+    if phase != Phase.FAILED:
+        return STATES[phase], None
+    shown = manager.view(manager.get(launch_id))
+    last = [line.strip() for line in shown.get("last_log") or [] if line.strip()]
+    return "failed", "; ".join([shown.get("reason") or "the engine failed", *(["log: " + last[-1]] if last else [])])
 
 
 def view(manager: Manager, launch_id: str, record: dict) -> dict:

@@ -177,3 +177,32 @@ def test_wrong_token_and_inference_key_are_refused_on_rest_and_wrong_token_on_gr
                 await m.embed("launch-nope", ["x"])
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     run(flow())
+
+
+def test_a_failed_launch_reports_its_error_through_run_and_stop_still_answers(app, manager):
+    async def flow():
+        async with manager() as m:
+            with pytest.raises(RuntimeError, match="reached terminal state: failed") as failed:
+                async with m.run("acme/fail-load-chat", gpu_ids=[0], ready_timeout=60, ready_poll_interval=0.2):
+                    pytest.fail("a launch that cannot load is never ready")
+            assert "fail-load-chat" in str(failed.value)
+            launch_id = str(failed.value).split()[1]
+            assert (await m.status(launch_id)).state == "failed"
+            assert await m.list_launches() == []
+    run(flow())
+
+
+def test_launch_answers_at_once_and_a_stop_while_loading_ends_it(app, manager):
+    async def flow():
+        async with manager() as m:
+            started = time.monotonic()
+            launch = await m.launch("acme/slow-start-chat", gpu_ids=[0])  # the stand-in takes 3 s to load
+            assert launch.state == "bootstrapping" and time.monotonic() - started < 2
+            answer = await m.stop(launch.launch_id)
+            assert answer.state in ("stopping", "stopped")
+            deadline = time.monotonic() + 60
+            while (status := await m.status(launch.launch_id)).state != "stopped":
+                assert time.monotonic() < deadline, status
+                await asyncio.sleep(0.2)
+            assert launch.launch_id not in instances(app)
+    run(flow())
