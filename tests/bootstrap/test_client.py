@@ -4,7 +4,10 @@ with the stand-in engine and a fake NVML of two GPUs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import grpc
@@ -206,3 +209,14 @@ def test_launch_answers_at_once_and_a_stop_while_loading_ends_it(app, manager):
                 await asyncio.sleep(0.2)
             assert launch.launch_id not in instances(app)
     run(flow())
+
+
+def test_the_example_in_the_docs_runs_as_written(app):
+    """docs/api.md's example, with this appliance's address and token, in a process of its own."""
+    text = (REPO / "docs/api.md").read_text().split("## vllm-bootstrap compatibility", 1)[1]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace("https://HOST:8000", app.api_url().rstrip("/")).replace("YOUR_TOKEN", app.token)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SSL_CERT_FILE": str(app.cert)})
+    assert done.returncode == 0, done.stderr
+    assert "tokens:" in done.stdout and "choice:" in done.stdout and "2 vectors of 8" in done.stdout
