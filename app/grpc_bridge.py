@@ -26,6 +26,7 @@ from app.settings import Settings, get_settings
 SERVICE = "vllm_bootstrap.InferenceService"
 EMBED_BATCH = 64  # texts per /v1/embeddings request
 CONCURRENT = 32  # engine requests in flight per call
+MAX_REQUEST = 256 * 1024 * 1024  # bytes of one request: read before its key is checked (docs/security.md)
 KEYS_TTL = 5.0  # seconds the accepted keys are remembered (a key change in /etc/environment is seen after this)
 
 
@@ -158,6 +159,8 @@ class Bridge:
             await context.abort(refusal.code, refusal.message)
         except httpx.HTTPError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the manager did not answer: {exc!r}")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"an answer this bridge cannot read: {exc!r}")
 
 
 async def _all(tasks: list[asyncio.Task]) -> list:
@@ -214,7 +217,7 @@ async def serve(settings: Settings) -> None:
         _say("no `vLLM API` entry in PORTAL_CONFIG: nothing to serve")
         return
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
-                                      ("grpc.max_receive_message_length", -1)])
+                                      ("grpc.max_receive_message_length", MAX_REQUEST)])
     server.add_generic_rpc_handlers((handlers(Bridge(settings)),))
     server.add_insecure_port(f"0.0.0.0:{listen}")
     await server.start()
