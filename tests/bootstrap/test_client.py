@@ -220,3 +220,16 @@ def test_the_example_in_the_docs_runs_as_written(app):
                           env={**os.environ, "SSL_CERT_FILE": str(app.cert)})
     assert done.returncode == 0, done.stderr
     assert "tokens:" in done.stdout and "choice:" in done.stdout and "2 vectors of 8" in done.stdout
+
+
+def test_bootstrap_grpc_false_opens_no_grpc_port_and_rest_still_works(boot, monkeypatch):
+    app = boot({"BOOTSTRAP_GRPC": "false"})
+    assert "grpc-bridge" not in app.supervisorctl("status").stdout
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", app.api_port + 1), timeout=1).close()
+    monkeypatch.setenv("SSL_CERT_FILE", str(app.cert))
+
+    async def flow():
+        async with VLLMManager(app.api_url().rstrip("/"), access_key=app.token) as m:
+            return await m.list_launches()
+    assert run(flow()) == []
