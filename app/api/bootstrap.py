@@ -30,6 +30,7 @@ from app.manager import InstanceError, Manager
 
 router = APIRouter(tags=["vllm-bootstrap"])
 LOG_CHUNK = 1024 * 1024  # at most this many bytes of log per GET /logs
+KEPT = 200  # stopped and failed launches remembered (with their logs); older ones are forgotten
 STOP_ANSWER = 3.0  # seconds POST /stop waits for the stop before it answers `stopping`
 OPTION = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 # `task` as the installed vLLM (0.10 and later) takes it: `--task` is gone; `generate` is its default runner.
@@ -81,6 +82,11 @@ def records(manager: Manager) -> dict[str, dict]:
 def save(manager: Manager, launch_id: str, **fields) -> None:
     saved = records(manager)
     saved[launch_id] = {**saved.get(launch_id, {}), **fields, "updated_at": time.time()}
+    known = manager.known()
+    ended = sorted((r["updated_at"], i) for i, r in saved.items() if i not in known)
+    for _, old in ended[:max(0, len(ended) - KEPT)]:
+        del saved[old]
+        archived_log(manager, old).unlink(missing_ok=True)
     write_atomic(_path(manager), json.dumps(saved) + "\n", mode=0o600)
 
 

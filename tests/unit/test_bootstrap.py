@@ -36,3 +36,20 @@ def test_sampling_forwards_only_what_was_set():
 ])
 def test_guided_decoding_becomes_structured_outputs(guided, expected):
     assert sampling(pb.CompleteRequest(prompts=["x"], guided_decoding=guided))["structured_outputs"] == expected
+
+
+def test_only_the_latest_ended_launches_are_remembered(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from app.api import bootstrap
+    monkeypatch.setattr(bootstrap, "KEPT", 2)
+    running = {"launch-run"}
+    manager = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path), known=lambda: dict.fromkeys(running))
+    bootstrap.save(manager, "launch-run", model="m")
+    for n in range(4):
+        bootstrap.archived_log(manager, f"launch-{n}").parent.mkdir(exist_ok=True)
+        bootstrap.archived_log(manager, f"launch-{n}").write_text("log")
+        bootstrap.save(manager, f"launch-{n}", model="m")
+    assert sorted(bootstrap.records(manager)) == ["launch-2", "launch-3", "launch-run"]
+    assert not bootstrap.archived_log(manager, "launch-0").exists()
+    assert bootstrap.archived_log(manager, "launch-3").exists()
