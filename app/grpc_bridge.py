@@ -217,9 +217,15 @@ async def serve(settings: Settings) -> None:
         _say("no `vLLM API` entry in PORTAL_CONFIG: nothing to serve")
         return
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
-                                      ("grpc.max_receive_message_length", MAX_REQUEST)])
+                                      ("grpc.max_receive_message_length", MAX_REQUEST),
+                                      ("grpc.so_reuseport", 0)])  # another process on this port: an error, not a share
     server.add_generic_rpc_handlers((handlers(Bridge(settings)),))
-    server.add_insecure_port(f"0.0.0.0:{listen}")
+    try:
+        server.add_insecure_port(f"0.0.0.0:{listen}")
+    except RuntimeError as exc:
+        _say(f"ERROR: cannot listen on port {listen} (the vLLM API's port + 1, where vllm-bootstrap's client dials): "
+             f"{exc}; free that port, or set BOOTSTRAP_GRPC=false")
+        sys.exit(1)
     await server.start()
     _say(f"vllm-bootstrap InferenceService on port {listen} (plaintext HTTP/2)")
     await server.wait_for_termination()

@@ -233,3 +233,18 @@ def test_bootstrap_grpc_false_opens_no_grpc_port_and_rest_still_works(boot, monk
         async with VLLMManager(app.api_url().rstrip("/"), access_key=app.token) as m:
             return await m.list_launches()
     assert run(flow()) == []
+
+
+def test_a_taken_grpc_port_is_said_in_the_bridges_log_and_the_rest_comes_up(boot):
+    app = boot(start=False)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", app.api_port + 1))
+        taken.listen()
+        app.start()
+        deadline = time.monotonic() + 30
+        while "cannot listen on port" not in app.log("grpc-bridge"):
+            assert time.monotonic() < deadline, app.log("grpc-bridge")
+            time.sleep(0.2)
+    assert "set BOOTSTRAP_GRPC=false" in app.log("grpc-bridge")
+    with app.client() as client:
+        assert client.get(app.api_url("/launch")).json() == []
