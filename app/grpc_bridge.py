@@ -136,17 +136,27 @@ class Bridge:
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for part in vectors for v in part])
 
     async def EmbedStream(self, request, context) -> AsyncIterator[pb.Embedding]:  # noqa: N802
-        for task in await self.guarded(context, self.embeddings(request)):
-            for vector in await self.guarded(context, task):
-                yield pb.Embedding(values=vector)
+        tasks = await self.guarded(context, self.embeddings(request))
+        try:
+            for task in tasks:
+                for vector in await self.guarded(context, task):
+                    yield pb.Embedding(values=vector)
+        finally:  # an error, or the caller gone: the rest is not wanted
+            for task in tasks:
+                task.cancel()
 
     async def Complete(self, request, context):  # noqa: N802
         tasks = await self.guarded(context, self.completions(request))
         return pb.CompleteResponse(completions=await self.guarded(context, _all(tasks)))
 
     async def CompleteStream(self, request, context) -> AsyncIterator[pb.Completion]:  # noqa: N802
-        for task in await self.guarded(context, self.completions(request)):
-            yield await self.guarded(context, task)
+        tasks = await self.guarded(context, self.completions(request))
+        try:
+            for task in tasks:
+                yield await self.guarded(context, task)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def guarded(self, context, work):
         """`work` after the caller is authenticated; a Refusal becomes the call's status."""

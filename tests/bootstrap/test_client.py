@@ -248,3 +248,24 @@ def test_a_taken_grpc_port_is_said_in_the_bridges_log_and_the_rest_comes_up(boot
     assert "set BOOTSTRAP_GRPC=false" in app.log("grpc-bridge")
     with app.client() as client:
         assert client.get(app.api_url("/launch")).json() == []
+
+
+def test_an_engine_error_comes_back_as_the_calls_status_with_the_engines_message(app, manager):
+    async def flow():
+        async with manager() as m, m.run("acme/tiny-chat", gpu_ids=[0], extra_kwargs={"max_model_len": 16},
+                                        ready_timeout=60, ready_poll_interval=0.2) as launch:
+            for call in (m.complete(launch.launch_id, prompts=["a", "b"], max_tokens=100),
+                         _first(m.complete_stream(launch.launch_id, prompts=["a", "b"], max_tokens=100))):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "maximum context length is 16" in refused.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as empty:
+                await m.complete(launch.launch_id, prompts=[], max_tokens=1)
+            assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    run(flow())
+
+
+async def _first(stream):
+    async for item in stream:
+        return item
