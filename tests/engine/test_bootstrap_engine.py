@@ -17,7 +17,8 @@ from vllm_bootstrap_client import VLLMManager
 from tests.engine.conftest import READY_TIMEOUT
 
 pytestmark = pytest.mark.engine
-FAST = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True}
+# As ENGINE_ARGS: the CPU build reserves most of the RAM unless told how much cache to take.
+FAST = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 134217728}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def manager(real_app, monkeypatch):
 
 def test_generate_with_choice_and_stream_on_the_real_engine(real_app, manager, tiny_model):
     async def flow():
-        async with manager() as m, m.run(str(tiny_model("tiny-a")), extra_kwargs={
-                **FAST, "kv_cache_memory_bytes": 134217728}, ready_timeout=READY_TIMEOUT) as launch:
+        async with manager() as m, m.run(str(tiny_model("tiny-a")), extra_kwargs=FAST,
+                                        ready_timeout=READY_TIMEOUT) as launch:
             prompts = ["one", "two three", "four five six"]
             done = await m.complete(launch.launch_id, prompts=prompts, max_tokens=4, choice=["yes", "no"])
             assert [c.text for c in done if c.text not in ("yes", "no")] == []
