@@ -10,6 +10,7 @@ whole result per input, in input order.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import sys
 import time
@@ -107,10 +108,10 @@ class Bridge:
         base, model = await self.engine(request.launch_id, "embed")
         gate = asyncio.Semaphore(CONCURRENT)
 
-        async def batch(texts: list[str]) -> list[list[float]]:
+        async def batch(texts: list[str]) -> list[pb.Embedding]:
             async with gate:
-                answer = await self.post(f"{base}/v1/embeddings", {"model": model, "input": texts})
-            return [d["embedding"] for d in sorted(answer["data"], key=lambda d: d["index"])]
+                answer = await self.post(f"{base}/v1/embeddings", {"model": model, "input": texts, **PACKED})
+            return [embedding(d["embedding"]) for d in sorted(answer["data"], key=lambda d: d["index"])]
         texts = list(request.texts)
         return [asyncio.ensure_future(batch(texts[i:i + EMBED_BATCH])) for i in range(0, len(texts), EMBED_BATCH)]
 
@@ -132,15 +133,15 @@ class Bridge:
 
     async def Embed(self, request, context):  # noqa: N802 (the RPC's name)
         tasks = await self.guarded(context, self.embeddings(request))
-        vectors = await self.guarded(context, _all(tasks))
-        return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for part in vectors for v in part])
+        parts = await self.guarded(context, _all(tasks))
+        return pb.EmbedResponse(embeddings=[e for part in parts for e in part])
 
     async def EmbedStream(self, request, context) -> AsyncIterator[pb.Embedding]:  # noqa: N802
         tasks = await self.guarded(context, self.embeddings(request))
         try:
             for task in tasks:
                 for vector in await self.guarded(context, task):
-                    yield pb.Embedding(values=vector)
+                    yield vector
         finally:  # an error, or the caller gone: the rest is not wanted
             for task in tasks:
                 task.cancel()
@@ -179,6 +180,24 @@ async def _all(tasks: list[asyncio.Task]) -> list:
     finally:
         for task in tasks:
             task.cancel()
+
+
+# Vectors as little-endian float32 bytes in base64 (vLLM's and OpenAI's `base64` format): that is the wire form of
+# a packed `repeated float`, so an Embedding is read from them without a float ever being parsed or built in Python.
+PACKED = {"encoding_format": "base64", "embed_dtype": "float32", "endianness": "little"}
+
+
+def embedding(value: str | list[float]) -> pb.Embedding:
+    if not isinstance(value, str):  # an engine that answers with floats anyway
+        return pb.Embedding(values=value)
+    raw = base64.b64decode(value)
+    size, length = bytearray(), len(raw)
+    while True:  # the length as a protobuf varint
+        size.append((length & 0x7F) | (0x80 if length > 0x7F else 0))
+        length >>= 7
+        if not length:
+            break
+    return pb.Embedding.FromString(b"\x0a" + bytes(size) + raw)  # field 1 (values), length-delimited
 
 
 def sampling(request: pb.CompleteRequest) -> dict:

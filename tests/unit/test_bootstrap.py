@@ -53,3 +53,14 @@ def test_only_the_latest_ended_launches_are_remembered(tmp_path, monkeypatch):
     assert sorted(bootstrap.records(manager)) == ["launch-2", "launch-3", "launch-run"]
     assert not bootstrap.archived_log(manager, "launch-0").exists()
     assert bootstrap.archived_log(manager, "launch-3").exists()
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 32, 384, 4096])
+def test_a_base64_vector_becomes_the_same_embedding_as_its_floats(size):
+    import base64
+    import struct
+
+    from app.grpc_bridge import embedding
+    values = [i / 7 - 3 for i in range(size)]
+    packed = base64.b64encode(struct.pack(f"<{size}f", *values)).decode()
+    assert embedding(packed) == embedding(values) == pb.Embedding(values=values)
