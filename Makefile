@@ -6,7 +6,7 @@ APPLIANCE_ROOT ?= $(CURDIR)/.appliance
 # `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
 RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
-.PHONY: run test test-fast test-unit bench lint install engine system-packages clean
+.PHONY: proto run test test-fast test-unit bench lint install engine system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,7 @@ bench: install engine
 
 clean:
 	rm -rf $(VENV) .appliance
+
+# app/proto/inference_pb2.py (committed) from app/proto/inference.proto: run after changing the .proto.
+proto: install
+	$(VENV)/bin/python -m grpc_tools.protoc -I app/proto --python_out=app/proto --pyi_out=app/proto app/proto/inference.proto

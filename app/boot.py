@@ -94,6 +94,9 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
                        environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),
+        # vllm-bootstrap's gRPC InferenceService on the API port + 1 (plaintext: docs/security.md)
+        *([render.Program(name="grpc-bridge", argv=[sys.executable, "-m", "app.grpc_bridge"], priority=300)]
+          if settings.bootstrap_grpc and ports.api else []),
     ]
 
 

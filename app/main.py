@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, gpu, guard, portal
-from app.api import caddy, instances, logs, metrics, v2, v2_single
+from app.api import bootstrap, caddy, instances, logs, metrics, v2, v2_single
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -44,6 +44,7 @@ app.include_router(v2.router)
 app.include_router(metrics.router)
 app.include_router(v2_single.router)
 app.include_router(provisioning_api.router)
+app.include_router(bootstrap.router)  # vllm-bootstrap's REST paths at the root (the API port routes them here)
 
 
 @app.get("/api/health")

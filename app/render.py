@@ -20,7 +20,7 @@ from supervisor.datatypes import dict_of_key_value_pairs
 
 from app import validation
 from app.files import write_atomic
-from app.portal_config import PORTAL_NAME, PortalApp, find
+from app.portal_config import PORTAL_NAME, PortalApp, Ports, find
 from app.settings import Settings
 
 MARKER = "Rendered by the appliance"
@@ -53,6 +53,7 @@ class Site:
     routes: Path | None = None  # per-instance routes imported into this site (the vLLM API port)
     portal: bool = False  # the manager: told how a request authenticated, and sent its own loopback Host
     inference: bool = False  # the vLLM API port: inference-only keys (API_KEYS) pass on its inference routes
+    manager: str | None = None  # the API port: the manager's address, for vllm-bootstrap's paths (BOOTSTRAP_PATHS)
 
 
 # Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes and vLLM's
@@ -61,6 +62,8 @@ INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/poolin
                    "/invocations", "/v2/rerank"]
 ADMIN_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instances/*/v1/load_lora_adapter",
                     "/instances/*/v1/unload_lora_adapter"]
+# vllm-bootstrap's REST control plane, served by the manager at the root of the API port (app/api/bootstrap.py).
+BOOTSTRAP_PATHS = ["/launch", "/status/*", "/stop/*", "/logs/*", "/stats"]
 UPSTREAM_IDLE = "2s"  # below uvicorn's 5 s keep-alive timeout
 
 
@@ -119,10 +122,12 @@ def program_conf(settings: Settings, program: Program) -> str:
 def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
     excluded = settings.auth_excluded_ports
     api, portal = find(apps, "vLLM"), find(apps, PORTAL_NAME)
+    manager = f"127.0.0.1:{Ports(apps).manager_port}"
     return [Site(external_port=a.external_port,
                  upstream=f"{'127.0.0.1' if a.host == 'localhost' else a.host}:{a.internal_port}",
                  auth=settings.enable_auth and a.external_port not in excluded,
-                 routes=settings.caddy_routes_file if a is api else None, portal=a is portal, inference=a is api)
+                 routes=settings.caddy_routes_file if a is api else None, portal=a is portal, inference=a is api,
+                 manager=manager if a is api else None)
             for a in apps if a.proxied]
 
 
@@ -139,7 +144,8 @@ def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: 
         admin_socket=settings.caddy_admin_socket, data_dir=settings.caddy_data_dir,
         https=settings.enable_https, cert=settings.cert_file, key=settings.key_file,
         sites=sites(settings, apps), token=token, admins=admins, keys=keys, basic=basic, ours=ours,
-        cookie=COOKIE, session=session, inference_paths=INFERENCE_PATHS, admin_only_paths=ADMIN_ONLY_PATHS,
+        cookie=COOKIE, session=session, inference_paths=INFERENCE_PATHS,
+        bootstrap_paths=BOOTSTRAP_PATHS, admin_only_paths=ADMIN_ONLY_PATHS,
         upstream_idle=UPSTREAM_IDLE).rstrip() + "\n"
 
 

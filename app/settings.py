@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     runpod_public_ip: str = Field("", alias="RUNPOD_PUBLIC_IP",
         description="Set by RunPod: the pod's public IP, named in the self-signed certificate "
                     "so clients can verify it.")
+    bootstrap_grpc: bool = Field(True, alias="BOOTSTRAP_GRPC",
+        description="Serve vllm-bootstrap's gRPC InferenceService on the vLLM API's public port + 1, in plaintext "
+                    "HTTP/2 (its client cannot do TLS; calls need the token or an API key). false: no such port.")
 
     @field_validator("auto_parallel", mode="before")
     @classmethod
