@@ -15,10 +15,10 @@ RUN /tmp/appliance-src/scripts/install.sh --root / \
  && rm -rf /tmp/appliance-src
 
 ENV WORKSPACE=/workspace \
-    PORTAL_CONFIG="localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
+    PORTAL_CONFIG="localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API|localhost:8001:8001:/:gRPC (vllm-bootstrap)"
 
 WORKDIR /workspace
-EXPOSE 1111 8000
+EXPOSE 1111 8000 8001
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
   CMD ["/opt/appliance/.venv/bin/supervisorctl", "-c", "/etc/supervisor/supervisord.conf", "status", "caddy", "manager"]

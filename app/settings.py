@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_PORTAL_CONFIG = "localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API"
+DEFAULT_PORTAL_CONFIG = ("localhost:1111:11111:/:Instance Portal|localhost:8000:18000:/docs:vLLM API|"
+                         "localhost:8001:8001:/:gRPC (vllm-bootstrap)")
 HOME = Path(__file__).resolve().parent.parent  # the checkout, or /opt/appliance in the image
 
 
