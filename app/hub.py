@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from huggingface_hub import HfApi
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from app.settings import Settings
 
@@ -47,6 +45,9 @@ def check(settings: Settings, model: str) -> Answer:
         return Answer("ok")
     if settings.hf_hub_offline:
         return Answer("missing", f"HF_HUB_OFFLINE is set and {model} is not in the model cache")
+    # imported here: only an engine held back for the Hub needs it (it costs the manager ~10 MiB otherwise)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
     api = HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token or False)
     try:
         api.model_info(model, timeout=10)

@@ -1,4 +1,5 @@
-"""Resident memory of the control plane (supervisord, logforward, Caddy, manager), idle and under portal-like load.
+"""Resident memory of the control plane (supervisord, logforward, Caddy, manager, gRPC bridge), idle and under
+portal-like load.
 
 Baseline, same run: a bare Python interpreter (`python3 -c` sleeping), the floor
 of any Python process; the control plane holds three of them plus Caddy.
@@ -15,7 +16,7 @@ from pathlib import Path
 from bench.report import table, write_section
 from tests.appliance import Appliance
 
-CONTROL = ("supervisord", "logforward", "caddy", "manager")
+CONTROL = ("supervisord", "logforward", "caddy", "manager", "grpc-bridge")
 
 
 def rss_mib(pid: int) -> float:

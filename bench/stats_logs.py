@@ -49,7 +49,7 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
         sparse_log(get_settings().log_dir / "big.log", 2 * 1024**3)
         sparse_log(get_settings().log_dir / "small.log", 1024**2)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:  # the manager answers a loopback Host only
             app.state.sampler.sample()
             assert len(client.get("/api/stats").json()["gpus"]) == 8
             health = timed(lambda: client.get("/api/health"))
