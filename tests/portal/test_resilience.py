@@ -111,8 +111,8 @@ def test_copy_buttons_copy_the_snippet_with_and_without_the_clipboard_api(portal
     page = login(app, context, "/models")
     copy = ".instance[data-id=vllm] details:first-of-type button.copy"
     page.wait_for_selector(".instance[data-id=vllm] .badge.ready")
-    page.click(copy)
-    assert page.inner_text(copy) == "Copied"
+    page.click(copy)  # the button says so once the copy is done (an await later)
+    page.wait_for_function(f"() => document.querySelector({copy!r})?.textContent === 'Copied'")
     assert f"curl https://127.0.0.1:{app.api_port}/v1/" in page.evaluate("navigator.clipboard.readText()")
     # without the Clipboard API (plain http): the textarea fallback
     page.evaluate("navigator.clipboard.writeText('')")
@@ -121,8 +121,9 @@ def test_copy_buttons_copy_the_snippet_with_and_without_the_clipboard_api(portal
     plain.add_init_script("Object.defineProperty(navigator, 'clipboard', { value: undefined })")
     plain.goto(app.portal_url("/models"))
     plain.wait_for_selector(".instance[data-id=vllm] .badge.ready")
-    plain.click(copy.replace("first-of-type", "nth-of-type(2)"))  # the Python snippet
-    assert plain.inner_text(copy.replace("first-of-type", "nth-of-type(2)")) == "Copied"
+    python = copy.replace("first-of-type", "nth-of-type(2)")
+    plain.click(python)  # the Python snippet
+    plain.wait_for_function(f"() => document.querySelector({python!r})?.textContent === 'Copied'")
     assert plain.is_visible(".instance[data-id=vllm] details:nth-of-type(2) pre.snippet")  # and shown
     clipboard = context.new_page()
     clipboard.goto(app.portal_url("/apps"))
