@@ -160,6 +160,7 @@ class InstanceActor:
             self.rt.since = time.time()
         self.rt.phase, self.rt.reason = phase, reason
         self.changed_at = time.monotonic()
+        self.manager.publish()
 
     # --- commands ----------------------------------------------------------------------------------------------------
     async def _swap(self, command: Command) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -70,7 +71,36 @@ def model_reference(value: str, *, check_folder: bool = True) -> str:
     return value
 
 
-class InstanceConfig(BaseModel):
+MAX_ALIASES = 16
+
+
+class Policy(BaseModel):
+    """How the router (app/router) treats an instance: the names it answers to, on-demand start, idle stop,
+    queueing and whether it may be stopped to make room. Changing only these never restarts the engine."""
+    model_config = ConfigDict(extra="forbid")
+
+    aliases: list[str] = Field(default_factory=list, description="more names the router routes to this instance")
+    on_demand: bool = Field(True, description="a request for this stopped instance starts it")
+    idle_timeout: float = Field(0, ge=0, le=30 * 86400,
+                                description="stop after this many seconds with no request in flight; 0: never")
+    max_queue: int = Field(100, ge=0, le=10000, description="requests that may wait while it starts or swaps")
+    queue_timeout: float = Field(600, gt=0, le=86400, description="seconds a request may wait in the queue")
+    pinned: bool = Field(False, description="never stopped to make room for another instance")
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, aliases: list[str]) -> list[str]:
+        if len(aliases) > MAX_ALIASES:
+            raise ValueError(f"at most {MAX_ALIASES} aliases")
+        if len(set(aliases)) != len(aliases):
+            raise ValueError("aliases must be distinct")
+        return [validation.model_name(a) for a in aliases]
+
+
+POLICY_FIELDS = tuple(Policy.model_fields)
+
+
+class InstanceConfig(Policy):
     """One engine: a supervisor program running `vllm serve`.
 
     Reserved options are settled here: `--model` in args is refused (the model is its own field), `--host` must be
@@ -157,9 +187,20 @@ class InstanceConfig(BaseModel):
         """The model name /v1/models lists: --served-model-name if given, else the model."""
         return self.served_model_name or option_value(self.args, "--served-model-name") or self.model
 
+    @property
+    def names(self) -> list[str]:
+        """Every name the router routes to this instance: its served name, then its aliases."""
+        return [self.name_served, *(a for a in self.aliases if a != self.name_served)]
+
+    def same_engine(self, other: InstanceConfig | None) -> bool:
+        """The same engine as `other`, whatever the policy: a change of policy alone needs no restart."""
+        return other is not None and self.model_dump(exclude=set(POLICY_FIELDS)) == other.model_dump(
+            exclude=set(POLICY_FIELDS))
+
 
 class InstanceRequest(BaseModel):
-    """PUT /api/instances/{id}: create or swap. `args` may be a list or one shell-quoted string (split with shlex)."""
+    """PUT /api/instances/{id}: create or swap. `args` may be a list or one shell-quoted string (split with shlex).
+    A policy field left out keeps the instance's current value (the default for a new instance)."""
     model_config = ConfigDict(extra="forbid")
 
     model: str
@@ -172,6 +213,20 @@ class InstanceRequest(BaseModel):
     wait: bool = False
     rollback: bool = True
     timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")
+    strategy: Literal["restart", "blue_green", "sleep"] | None = Field(
+        None, description="how to swap: restart, blue_green or sleep; null: blue_green where resources allow it")
+    aliases: list[str] | None = None
+    on_demand: bool | None = None
+    idle_timeout: float | None = None
+    max_queue: int | None = None
+    queue_timeout: float | None = None
+    pinned: bool | None = None
+
+    def policy(self, current: InstanceConfig | None) -> dict:
+        """The policy fields for the new config: the ones given, else the current instance's, else the defaults."""
+        given = {name: getattr(self, name) for name in POLICY_FIELDS if getattr(self, name) is not None}
+        kept = {name: getattr(current, name) for name in POLICY_FIELDS} if current else {}
+        return {**kept, **given}
 
     @field_validator("args", mode="before")
     @classmethod

@@ -14,11 +14,12 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, engine, provisioning
+from app import boot_record, engine, provisioning, routing_table
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
 from app.portal_config import Ports
+from app.router_client import RouterClient
 from app.settings import Settings
 from app.state import Store
 
@@ -32,6 +33,8 @@ class Manager:
         self.store = Store(settings)
         self.actors: dict[str, InstanceActor] = {}
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
+        self.router = RouterClient(settings)
+        self._publishing: asyncio.Task | None = None
 
     @property
     def ports(self) -> Ports:
@@ -113,7 +116,8 @@ class Manager:
                     else claims[instance_id].port if instance_id in claims else self.free_port(claims))
         config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                 gpus=request.gpus, share_gpus=request.share_gpus,
-                                served_model_name=request.served_model_name, port=port)
+                                served_model_name=request.served_model_name, port=port,
+                                **request.policy(claims.get(instance_id)))
         if instance_id == DEFAULT_INSTANCE and config.port != self.ports.api_port:
             raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.ports.api_port}, from "
                              "PORTAL_CONFIG); leave the port out")
@@ -204,6 +208,34 @@ class Manager:
     async def routes_changed(self) -> None:
         await self.fx.reload_routes(list(self.store.instances.values()))
 
+    # --- the router's table -------------------------------------------------------------------------------------
+    def table(self) -> routing_table.Table:
+        routes = [routing_table.Route(id=c.id, names=c.names, port=c.port, phase=self.phase(c.id),
+                                      on_demand=c.on_demand, max_queue=c.max_queue, queue_timeout=c.queue_timeout)
+                  for c in self.store.instances.values()]
+        return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
+
+    def publish(self) -> None:
+        """Something the router routes by may have changed: publish the table soon (coalesced; actors call this
+        on every phase change and must not wait for it)."""
+        if self._publishing is None or self._publishing.done():
+            self._publishing = asyncio.get_running_loop().create_task(self._publish())
+
+    async def _publish(self) -> None:
+        await asyncio.sleep(0)  # let the changes of this turn of the loop land first
+        table = self.table()
+        try:
+            changed = routing_table.write(self.settings, table)
+        except OSError as exc:
+            print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
+            changed = True
+        if changed:
+            try:
+                await self.router.push(table)
+            except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
+                print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its start",
+                      flush=True)
+
     # --- following supervisor ----------------------------------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:
         """Read supervisor once a second and send every actor its reading. A failure is logged once, not every round,
@@ -250,10 +282,12 @@ class Manager:
         for instance_id in saved:
             self.actor(instance_id)
         await self.observe()
+        self.publish()
 
     async def aclose(self) -> None:
         for actor in self.actors.values():
             actor.task.cancel()
+        await self.router.aclose()
         await self.fx.aclose()
 
 

@@ -265,6 +265,16 @@ class Settings(BaseSettings):
     def caddy_admin_socket(self) -> Path:
         return self.run_dir / "caddy-admin.sock"
 
+    @property
+    def router_socket(self) -> Path:
+        """The router's control socket (app/router_client.py): the manager's only way to talk to it."""
+        return self.run_dir / "router.sock"
+
+    @property
+    def routing_table(self) -> Path:
+        """What the router routes to (app/routing_table.py), written by the manager; read by the router at its start."""
+        return self.run_dir / "routes.json"
+
     def folders(self) -> list[Path]:
         """Every folder the appliance writes to, created at each boot."""
         return [self.workspace, self.state_dir, self.tls_dir, self.hf_home, self.programs_dir,

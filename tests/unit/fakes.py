@@ -114,6 +114,7 @@ class FakeEffects:
 def make_manager(tmp_path, gpus: int = 0, **settings) -> tuple[Manager, FakeEffects]:
     config = Settings(APPLIANCE_ROOT=str(tmp_path), **settings)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
     fx = FakeEffects(gpus)
     return Manager(config, fx), fx  # type: ignore[arg-type]
 
