@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, gpu, guard, portal
-from app.api import bootstrap, caddy, instances, logs, metrics, v2, v2_single
+from app.api import activity, bootstrap, caddy, instances, logs, metrics, overview, playground, v2, v2_single
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -42,6 +42,9 @@ app.include_router(caddy.router)
 app.include_router(logs.router)
 app.include_router(v2.router)
 app.include_router(metrics.router)
+app.include_router(overview.router)
+app.include_router(activity.router)
+app.include_router(playground.router)
 app.include_router(v2_single.router)
 app.include_router(provisioning_api.router)
 app.include_router(bootstrap.router)  # vllm-bootstrap's REST paths at the root (the API port routes them here)
