@@ -12,7 +12,8 @@ from app.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(get_settings().home / "portal" / "templates"))
-PAGES = {"overview": "Overview", "models": "Models", "logs": "Logs", "services": "Services", "apps": "Apps"}
+PAGES = {"overview": "Overview", "models": "Models", "activity": "Activity", "playground": "Playground",
+         "logs": "Logs", "services": "Services", "apps": "Apps"}
 
 
 def saved_token(settings) -> str:

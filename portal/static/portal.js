@@ -20,6 +20,7 @@ function duration(seconds) {
   const s = Math.floor(seconds), d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60;
   return d ? `${d}d ${h}h` : h ? `${h}h ${m}m` : m ? `${m}m ${s % 60}s` : `${s}s`;
 }
+function secondsText(value) { return value == null ? "–" : value < 1 ? `${(value * 1000).toFixed(0)} ms` : `${value.toFixed(2)} s`; }
 async function api(path, options = {}) {
   // Both headers mark the call as the portal's own: a form on another page of this box cannot send them (app/guard.py).
   const response = await fetch(path, { headers: { "Content-Type": "application/json", "X-Portal-Request": "1" }, ...options });
@@ -135,7 +136,7 @@ function instanceCard(i) {
     <h3><span>${esc(i.id)}</span><span class="badge ${esc(i.state)}">${esc(i.state)}</span></h3>
     <dl class="kv"><dt>Model</dt><dd>${esc(i.model)}</dd><dt>Served as</dt><dd>${esc(i.served_model_name)}</dd>
     <dt>GPUs</dt><dd>${esc(i.gpus ? i.gpus.join(", ") : "automatic")}</dd><dt>Port</dt><dd>${i.port}</dd>
-    <dt>Uptime</dt><dd>${duration(i.uptime)}</dd><dt>Restarts</dt><dd>${i.restarts}</dd></dl>
+    <dt>Uptime</dt><dd>${duration(i.uptime)}</dd><dt>Restarts</dt><dd>${i.restarts}</dd>${policyRows(i)}</dl>
     ${detail}
     <div class="actions">
       ${["start", "stop", "restart"].map((a) => `<button type="button" data-action="${a}" ${
@@ -199,6 +200,7 @@ function setupModels() {
       form.args.value = quoteArgs(current.args);
       form.gpus.value = current.gpus ? current.gpus.join(",") : "";
       form.share_gpus.checked = !!current.share_gpus;
+      fillPolicy(form, current);
       form.scrollIntoView({ block: "center" });
       form.model.focus();
       form.model.select();
@@ -216,11 +218,13 @@ function setupModels() {
     const form = event.target, result = $("#swap-result");
     const gpus = form.gpus.value.trim();
     const body = { model: form.model.value.trim(), args: form.args.value,
-                   gpus: gpus ? gpus.split(",").map((g) => parseInt(g, 10)) : null, share_gpus: form.share_gpus.checked };
+                   gpus: gpus ? gpus.split(",").map((g) => parseInt(g, 10)) : null, share_gpus: form.share_gpus.checked,
+                   ...policyBody(form) };
     result.textContent = "Sending…";
     try {
       await api(`/api/instances/${encodeURIComponent(form.id.value.trim())}`, { method: "PUT", body: JSON.stringify(body) });
       result.textContent = `Accepted: ${form.id.value} is starting ${body.model}. Its progress shows above.`;
+      fillPolicy(form, null);  // sent: from now on untouched fields keep what the instance has
       models();
     } catch (error) { result.textContent = `Refused: ${error.message}`; }
   });
@@ -379,11 +383,14 @@ function setupApps() {
   document.querySelectorAll("a.app").forEach((a) => { a.href = appLink(a.dataset.port, a.dataset.path); });
 }
 
-every(5000, health);
-({
+// Each page's start; the scripts of other pages (activity.js, playground.js, ...) add theirs here. They run once
+// every script has loaded.
+const pages = {
   overview: () => { every(2000, overview); every(2000, provisioningPanel); },
   models: () => { setupModels(); pollModels(); },
   logs: setupLogs,
   services: () => { setupServices(); every(3000, services); },
   apps: setupApps,
-})[page]?.();
+};
+every(5000, health);
+document.addEventListener("DOMContentLoaded", () => pages[page]?.());
