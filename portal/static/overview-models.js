@@ -6,14 +6,19 @@ const modelCards = {};  // instance id -> { card, charts }
 const CHART_COLOURS = { prompt: "#3fb950", generation: "#4aa3ff", running: "#d29922", waiting: "#f85149" };
 
 function rateText(value) { return value == null ? "–" : value >= 100 ? value.toFixed(0) : value.toFixed(1); }
+function compact(value) {  // axis labels that fit: 950, 7.5k, 12k, 1.2M
+  const size = Math.abs(value);
+  if (size >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
+  if (size >= 1e3) return `${+(value / 1e3).toFixed(size >= 1e4 ? 0 : 1)}k`;
+  return `${+value.toFixed(2)}`;
+}
 function chart(element, title, series) {
   const axis = { stroke: "#8b98a5", grid: { stroke: "#2a3541", width: 1 }, ticks: { stroke: "#2a3541", width: 1 } };
   return new uPlot({
     title, width: Math.max(200, element.clientWidth), height: 130,
-    scales: { x: { time: true } }, cursor: { drag: { x: false, y: false } }, legend: { live: true },
-    axes: [{ ...axis, space: 60 }, { ...axis, size: 42 }],
-    series: [{}, ...series.map(([label, colour]) => ({ label, stroke: colour, width: 1.5, spanGaps: false,
-                                                      value: (u, v) => (v == null ? "–" : rateText(v)) }))],
+    scales: { x: { time: true } }, cursor: { drag: { x: false, y: false } }, legend: { live: false },
+    axes: [{ ...axis, space: 60 }, { ...axis, size: 44, values: (u, splits) => splits.map(compact) }],
+    series: [{}, ...series.map(([label, colour]) => ({ label, stroke: colour, width: 1.5, spanGaps: false }))],
   }, [[], ...series.map(() => [])], element);
 }
 function modelCard(m) {
@@ -21,7 +26,7 @@ function modelCard(m) {
   card.className = "card model";
   card.dataset.id = m.id;
   card.innerHTML = `<h3><span>${esc(m.id)}</span><span class="badge"></span></h3>
-    <p class="muted small served"></p><dl class="kv figures"></dl><div class="bar kv-bar"><span></span></div>
+    <p class="muted small served"></p><dl class="kv figures"></dl>
     <div class="chart tokens"></div><div class="chart requests"></div>`;
   $("#model-cards").append(card);
   return { card, charts: [
@@ -41,7 +46,6 @@ function updateModelCard(entry, m) {
     <dt>Running / waiting</dt><dd class="requests">${f.running ?? "–"} / ${f.waiting ?? "–"}</dd>
     <dt>KV cache</dt><dd class="kv-cache">${f.kv_cache == null ? "–" : `${(f.kv_cache * 100).toFixed(1)} %`}</dd>
     <dt>First token p50</dt><dd class="ttft">${secondsText(f.ttft_p50)}</dd>`;
-  card.querySelector(".kv-bar > span").style.width = `${Math.min(100, (f.kv_cache || 0) * 100).toFixed(1)}%`;
   const h = m.history;
   charts[0].setData([h.t, h.prompt_tps, h.generation_tps]);
   charts[1].setData([h.t, h.running, h.waiting]);
