@@ -23,7 +23,7 @@ PROMPT = "vllm:prompt_tokens_total"
 GENERATION = "vllm:generation_tokens_total"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
-KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # vLLM's name now, and before 0.10
+KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # the name now, and its older one
 TTFT_BUCKET = "vllm:time_to_first_token_seconds_bucket"
 SERIES = ("prompt_tps", "generation_tps", "running", "waiting", "kv_cache")
 

@@ -25,8 +25,8 @@ function modelCard(m) {
   const card = document.createElement("div");
   card.className = "card model";
   card.dataset.id = m.id;
-  card.innerHTML = `<h3><span>${esc(m.id)}</span><span class="badge"></span></h3>
-    <p class="muted small served"></p><dl class="kv figures"></dl>
+  card.innerHTML = `<div><h3><span>${esc(m.id)}</span><span class="badge"></span></h3>
+    <p class="muted small served"></p><dl class="kv figures"></dl></div>
     <div class="chart tokens"></div><div class="chart requests"></div>`;
   $("#model-cards").append(card);
   return { card, charts: [
