@@ -170,7 +170,8 @@ class Tracker:
                 "running": latest.running, "waiting": latest.waiting, "kv_cache": latest.kv_cache,
                 "ttft_p50": self.ttft_p50(instance)}
 
-    def history(self, instance: str) -> dict[str, list]:
-        """Columns for a chart: `t` (epoch seconds) and one list per series, None where unknown."""
-        points = self.points.get(instance, ())
+    def history(self, instance: str, since: float | None = None) -> dict[str, list]:
+        """Columns for a chart: `t` (epoch seconds) and one list per series, None where unknown; only the points
+        after `since` when given (a page that has the rest)."""
+        points = [p for p in self.points.get(instance, ()) if since is None or p.t > since]
         return {"t": [p.t for p in points], **{name: [getattr(p, name) for p in points] for name in SERIES}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from app import metrics, overview
 from app.instance import Phase
@@ -32,9 +32,10 @@ def watch(request: Request) -> Watch:
 
 
 @router.get("/models")
-async def models(request: Request) -> dict:
+async def models(request: Request, since: float | None = Query(None, ge=0)) -> dict:
     """Per instance: `state`, `figures` (latest rates and gauges; null unless ready and answering) and `history`
-    (columns for the charts, the last `window` seconds)."""
+    (columns for the charts, the last `window` seconds; with `since`, only the points after it: pass the `time` of
+    the previous answer)."""
     manager, w = request.app.state.manager, watch(request)
     views = [manager.view(c) for c in manager.known().values()]
     async with w.lock:
@@ -48,4 +49,4 @@ async def models(request: Request) -> dict:
         {"id": v["id"], "state": v["state"], "model": v["model"], "served_model_name": v["served_model_name"],
          "in_flight": v.get("in_flight"), "queued": v.get("queued"),
          "figures": w.tracker.figures(v["id"], scraped) if v["state"] == Phase.READY else None,
-         "history": w.tracker.history(v["id"])} for v in views]}
+         "history": w.tracker.history(v["id"], since)} for v in views]}

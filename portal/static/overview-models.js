@@ -2,7 +2,8 @@
 // Each card and its charts are made once and updated in place every 2 s. Loaded after portal.js.
 "use strict";
 
-const modelCards = {};  // instance id -> { card, charts }
+const modelCards = {};  // instance id -> { card, charts, history }
+const readings = { time: null, window: 600 };  // the latest answer's reading time and the history's length
 const CHART_COLOURS = { prompt: "#3fb950", generation: "#4aa3ff", running: "#d29922", waiting: "#f85149" };
 
 function rateText(value) { return value == null ? "–" : value >= 100 ? value.toFixed(0) : value.toFixed(1); }
@@ -46,12 +47,18 @@ function updateModelCard(entry, m) {
     <dt>Running / waiting</dt><dd class="requests">${f.running ?? "–"} / ${f.waiting ?? "–"}</dd>
     <dt>KV cache</dt><dd class="kv-cache">${f.kv_cache == null ? "–" : `${(f.kv_cache * 100).toFixed(1)} %`}</dd>
     <dt>First token p50</dt><dd class="ttft">${secondsText(f.ttft_p50)}</dd>`;
-  const h = m.history;
+  // The answer has only the points after the previous one's time: append them, and drop what left the window.
+  const h = entry.history ??= {}, start = readings.time - readings.window;
+  Object.entries(m.history).forEach(([name, column]) => { h[name] = (h[name] || []).concat(column); });
+  const old = h.t.findIndex((t) => t >= start);
+  Object.keys(h).forEach((name) => { h[name] = old < 0 ? [] : h[name].slice(old); });
   charts[0].setData([h.t, h.prompt_tps, h.generation_tps]);
   charts[1].setData([h.t, h.running, h.waiting]);
 }
 async function overviewModels() {
-  const answer = await api("/api/overview/models"), box = $("#model-cards");
+  const since = readings.time == null ? "" : `?since=${readings.time}`;
+  const answer = await api(`/api/overview/models${since}`), box = $("#model-cards");
+  Object.assign(readings, { time: answer.time, window: answer.window });
   if (!answer.models.length) { box.innerHTML = `<p class="muted">No model yet: start one on the <a href="/models">Models</a> page.</p>`; }
   else box.querySelector(":scope > p")?.remove();
   const ids = new Set(answer.models.map((m) => m.id));

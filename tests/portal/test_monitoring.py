@@ -95,6 +95,12 @@ def test_overview_shows_each_model_with_figures_and_live_charts(portal, api):
     answer = api.get(app.portal_url("/api/overview/models")).json()
     history = answer["models"][0]["history"]
     assert answer["window"] == 600 and len({len(column) for column in history.values()}) == 1
+    # the page asks for the points after its last answer only, and keeps the rest itself
+    with page.expect_request(lambda r: "/api/overview/models?since=" in r.url, timeout=5000):
+        pass
+    newer = api.get(app.portal_url(f"/api/overview/models?since={answer['time']}")).json()
+    assert all(t > answer["time"] for t in newer["models"][0]["history"]["t"])
+    assert len(newer["models"][0]["history"]["t"]) < len(history["t"])
 
 
 def test_a_stopped_model_shows_its_state_and_no_figures(portal, api):

@@ -98,3 +98,11 @@ def test_an_instance_gone_longer_than_the_window_is_forgotten_and_garbage_is_ign
 def test_older_vllm_cache_metric_name_is_read():
     text = "# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.75\n"
     assert overview.reading(text, 0.0).kv_cache == 0.75
+
+
+def test_history_since_gives_only_the_newer_points():
+    tracker = overview.Tracker()
+    for i in range(4):
+        tracker.add(float(i), {"a": engine(prompt=i, generation=i)})
+    assert tracker.history("a", since=1.0)["t"] == [2.0, 3.0]
+    assert tracker.history("a", since=3.0)["t"] == []
