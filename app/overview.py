@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 WINDOW = 600.0      # seconds of history kept per instance
 MIN_INTERVAL = 1.5  # a request sooner than this after the last scrape reuses it (several open pages)
 TTFT_WINDOW = 60.0  # the time to first token p50 is over the requests of the last minute
+MAX_POINTS = 1000   # a bound on each history whatever the callers do (WINDOW / MIN_INTERVAL is 400)
 
 PROMPT = "vllm:prompt_tokens_total"
 GENERATION = "vllm:generation_tokens_total"
@@ -133,7 +134,7 @@ class Tracker:
                 continue
             readings = self.readings.setdefault(instance, deque())
             if readings and t > readings[-1].t:
-                self.points.setdefault(instance, deque()).append(point(readings[-1], now))
+                self.points.setdefault(instance, deque(maxlen=MAX_POINTS)).append(point(readings[-1], now))
             readings.append(now)
         self.trim(t)
 
