@@ -14,7 +14,7 @@ function policyRows(i) {
   const idle = i.idle_timeout ? `stops after ${duration(i.idle_timeout)} idle` : "never stopped when idle";
   rows.unshift(`<dt>Aliases</dt><dd class="aliases">${i.aliases?.length ? esc(i.aliases.join(", ")) : "–"}</dd>`,
     `<dt>Policy</dt><dd class="policy">starts ${start}, ${idle}${i.pinned ? ", pinned" : ""}</dd>`,
-    `<dt>Queue</dt><dd class="queue">up to ${esc(i.max_queue)}, ${duration(i.queue_timeout)} each</dd>`);
+    `<dt>Queue</dt><dd class="queue">up to ${esc(i.max_queue)} requests, each waiting ${duration(i.queue_timeout)} at most</dd>`);
   return rows.join("");
 }
 function fillPolicy(form, current) {

@@ -235,7 +235,7 @@ def test_models_page_edits_the_routing_policy(portal, api):
         page.click("#swap button[type=submit]")
     body = json.loads(sent.value.post_data)
     assert body["max_queue"] == 7 and not {"aliases", "on_demand", "pinned", "idle_timeout"} & set(body)
-    page.wait_for_function(f"() => document.querySelector('{card} .queue').textContent.startsWith('up to 7,')",
+    page.wait_for_function(f"() => document.querySelector('{card} .queue').textContent.startsWith('up to 7 requests')",
                            timeout=20_000)
     assert api.get(app.portal_url("/api/instances/vllm")).json()["aliases"] == ["chat", "assistant"]
     # back to the defaults for the other tests
