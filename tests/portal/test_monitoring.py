@@ -154,8 +154,8 @@ def test_playground_shows_an_unknown_model_error(portal, api):
     wait_ready(app, api)
     page = login(app, context, "/playground")
     page.wait_for_function(f"() => document.querySelector('#chat-model').value === '{MODEL}'")
-    page.evaluate("() => { const s = document.querySelector('#chat-model'); s.add(new Option('nope/none', 'nope/none'));"
-                  " s.value = 'nope/none'; }")
+    page.evaluate("() => { const s = document.querySelector('#chat-model');"
+                  " s.add(new Option('nope/none', 'nope/none')); s.value = 'nope/none'; }")
     page.fill("#chat-input", "hello")
     page.click("#chat-send")
     page.wait_for_selector("#chat .msg.assistant.error")

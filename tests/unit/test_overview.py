@@ -18,9 +18,11 @@ def engine(prompt: float, generation: float, running: float = 0, waiting: float 
         labels = f'engine="{e}",model_name="m"'
         lines += [f"vllm:prompt_tokens_total{{{labels}}} {prompt}",
                   f"vllm:generation_tokens_total{{{labels}}} {generation}",
-                  f"vllm:num_requests_running{{{labels}}} {running}", f"vllm:num_requests_waiting{{{labels}}} {waiting}",
+                  f"vllm:num_requests_running{{{labels}}} {running}",
+                  f"vllm:num_requests_waiting{{{labels}}} {waiting}",
                   f"vllm:kv_cache_usage_perc{{{labels}}} {kv}"]
-        lines += [f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{b}"}} {c}' for b, c in zip(BOUNDS, ttft)]
+        lines += [f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{b}"}} {c}'
+                  for b, c in zip(BOUNDS, ttft, strict=True)]
         lines += [f"vllm:time_to_first_token_seconds_count{{{labels}}} {ttft[-1]}",
                   f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0"]
     return "\n".join(lines) + "\n"

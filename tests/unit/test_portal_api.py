@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from app.api import activity, playground
 
 REQUESTS = [
-    {"time": 3.0, "model": "a", "status": 200, "duration": 0.5, "ttft": 0.1, "prompt_tokens": 3, "completion_tokens": 5},
+    {"time": 3.0, "model": "a", "status": 200, "duration": 0.5, "ttft": 0.1, "prompt_tokens": 3,
+     "completion_tokens": 5},
     {"time": 2.0, "model": "b", "status": 503, "duration": 30.0, "ttft": None},
     {"time": 1.0, "model": "a", "status": None, "duration": 2.0, "ttft": 0.1},
 ]
@@ -81,8 +82,8 @@ CHAT = {"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"
 
 def test_playground_streams_the_engines_events_through_and_sends_nothing_of_ours():
     seen = []
-    events = [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', b'data: {"choices":[{"delta":{"content":" b"}}]}\n\n',
-              b"data: [DONE]\n\n"]
+    events = [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n',
+              b'data: {"choices":[{"delta":{"content":" b"}}]}\n\n', b"data: [DONE]\n\n"]
 
     async def stream():
         for event in events:
