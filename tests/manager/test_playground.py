@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from app.credentials import session_value
+from app.render import COOKIE
 from tests.manager.test_swap import wait_for
 
 
@@ -34,3 +36,16 @@ def test_playground_streams_as_the_engine_sends_and_a_client_leaving_cancels_it(
         # the client left after 3 of 16 tokens: the engine's request ends well before its remaining 6.5 s
         wait_for(lambda: running(app, client) == 0, timeout=4)
         assert time.monotonic() - left < 4.5
+
+
+def test_playground_with_the_cookie_needs_the_portals_own_request(appliance):
+    """A form on another page of the box could post with the cookie: the guard refuses what a form can send."""
+    chat = '{"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}]}'
+    cookie = {"Cookie": f"{COOKIE}={session_value(appliance.token)}"}
+    with appliance.client(auth=False, timeout=30) as client:
+        forged = client.post(appliance.portal_url("/api/playground/chat"), content=chat,
+                             headers={**cookie, "Content-Type": "text/plain"})
+        assert forged.status_code == 403 and "X-Portal-Request" in forged.json()["detail"]
+        own = client.post(appliance.portal_url("/api/playground/chat"), content=chat,
+                          headers={**cookie, "Content-Type": "application/json", "X-Portal-Request": "1"})
+        assert own.status_code == 200 and own.text.rstrip().endswith("data: [DONE]")
