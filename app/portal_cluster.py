@@ -1,0 +1,30 @@
+"""The portal's Cluster page, and a worker's only page (whose worker it is, its GPUs): new pages beside app/portal.py,
+rendered with its layout."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from app import portal
+
+router = APIRouter(include_in_schema=False)
+worker_router = APIRouter(include_in_schema=False)
+portal.PAGES.setdefault("cluster", "Cluster")  # the nav link
+
+
+@router.get("/cluster", response_class=HTMLResponse)
+def cluster_page(request: Request):
+    if request.app.state.settings.appliance_role == "worker":
+        return worker_page(request)
+    return portal.page(request, "cluster")
+
+
+@worker_router.get("/", response_class=HTMLResponse)
+def worker_page(request: Request):
+    """On a worker, instead of the overview: it runs no engine; the head's portal is where the models are."""
+    settings = request.app.state.settings
+    response = portal.page(request, "worker")
+    response.context.update({"head": settings.ray_address, "node_ip": settings.ray_node_ip,
+                             "mode": settings.multinode_mode})
+    return portal.templates.TemplateResponse(request, "worker.html", response.context,
+                                             headers={"Cache-Control": "no-store"})
