@@ -40,6 +40,8 @@ app = FastAPI(title="vLLM appliance manager", docs_url=None, openapi_url="/api/o
 app.add_middleware(guard.Guard)  # Host check, same-site forgery check, security headers (app/guard.py)
 api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
+if get_settings().appliance_role == "worker":
+    app.include_router(portal_cluster.worker_router)  # first: a worker's / is its own page
 app.include_router(instances.router)
 app.include_router(caddy.router)
 app.include_router(logs.router)
@@ -58,6 +60,4 @@ def health() -> dict:
 
 
 app.include_router(portal_cluster.router)
-if get_settings().appliance_role == "worker":
-    app.include_router(portal_cluster.worker_router)  # before the portal's: a worker's / is its own page
 app.include_router(portal.router)  # last: its /{page} must not shadow the API

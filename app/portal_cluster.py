@@ -21,7 +21,11 @@ def cluster_page(request: Request):
 
 @worker_router.get("/", response_class=HTMLResponse)
 def worker_page(request: Request):
-    """On a worker, instead of the overview: it runs no engine; the head's portal is where the models are."""
+    """On a worker, instead of the overview: it runs no engine; the head's portal is where the models are.
+    API clients asking for `/` get the llm-d service information, as on any box."""
+    if "text/html" not in request.headers.get("accept", ""):
+        from app.api import v2
+        return v2.index(request)
     settings = request.app.state.settings
     response = portal.page(request, "worker")
     response.context.update({"head": settings.ray_address, "node_ip": settings.ray_node_ip,
