@@ -40,7 +40,7 @@ def test_a_public_address_passes_with_the_opt_in_and_single_needs_nothing(tmp_pa
     multinode.check(settings(tmp_path, **{**HEAD, "RAY_NODE_IP": "8.8.8.8", "ALLOW_PUBLIC_CLUSTER": "true"}))
     multinode.check(settings(tmp_path))
     multinode.check(settings(tmp_path, **WORKER))
-    multinode.check(settings(tmp_path, **{**HEAD, "RAY_NODE_IP": "100.64.1.2"}))  # carrier-grade NAT, Tailscale: private
+    multinode.check(settings(tmp_path, **{**HEAD, "RAY_NODE_IP": "100.64.1.2"}))  # carrier NAT, Tailscale: private
 
 
 def test_the_head_runs_ray_with_its_args_address_and_token_auth(tmp_path):
