@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if short >= 2:
             say(f"ERROR: {missing}: stopping the engine; it starts again when the nodes are back")
             stop(engine)
+            say(f"ERROR: the engine was stopped: {missing}")  # again, last: the engine's shutdown lines come first
             return multinode.GUARD_EXIT
     code = engine.returncode
     return code if code != multinode.GUARD_EXIT else 1  # the engine's own failure is never taken for ours
