@@ -199,8 +199,10 @@ def view(manager: Manager) -> dict:
     """GET /api/cluster: this box's role, the nodes with their GPUs, and which engine uses them."""
     settings = manager.settings
     watch: Watch | None = getattr(manager, "cluster", None)
-    snapshot = watch.snapshot if watch else Snapshot(error=None if settings.appliance_role == "single" else
-                                                     "this box does not read the cluster: ask the head")
+    role = settings.appliance_role
+    snapshot = watch.snapshot if watch and role == "head" else Snapshot(error=(
+        "APPLIANCE_ROLE=single: this box is no cluster's (docs/scale-out.md)" if role == "single" else
+        f"this box is a worker of the Ray head at {settings.ray_address}: the head's portal shows the cluster"))
     local = manager.fx.gpu_count()
     engines = []
     for config in manager.store.instances.values():
@@ -211,7 +213,7 @@ def view(manager: Manager) -> dict:
                         "executor": ("mp" if settings.multinode_mode == "mp" else "ray") if plan else "local",
                         "note": watch.notes.get(config.id) if watch else None,
                         "command": engine.program(settings, config, gpu_count=local).argv})
-    return {"role": settings.appliance_role, "mode": settings.multinode_mode, "node_ip": settings.ray_node_ip or None,
+    return {"role": role, "mode": settings.multinode_mode, "node_ip": settings.ray_node_ip or None,
             "head": settings.ray_address or None, "error": snapshot.error,
             "nodes": [vars(n) for n in snapshot.nodes], "gpus": snapshot.gpus, "local_gpus": local,
             "engines": engines}

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from app import portal
+from app.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
 worker_router = APIRouter(include_in_schema=False)
-portal.PAGES.setdefault("cluster", "Cluster")  # the nav link
+if get_settings().appliance_role == "head":
+    portal.PAGES.setdefault("cluster", "Cluster")  # the nav link (the page answers on every box)
 
 
 @router.get("/cluster", response_class=HTMLResponse)

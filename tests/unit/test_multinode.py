@@ -183,3 +183,13 @@ def test_a_worker_refuses_every_instance(tmp_path):
             await manager.swap("x", InstanceRequest(model="acme/m"))
         assert caught.value.status == 409
     asyncio.run(scenario())
+
+
+def test_the_cluster_view_says_why_a_box_shows_no_cluster(tmp_path):
+    async def scenario():
+        single, _ = make_manager(tmp_path / "a")
+        worker, _ = make_manager(tmp_path / "b", **WORKER)
+        return cluster.view(single), cluster.view(worker)
+    single, worker = asyncio.run(scenario())
+    assert single["role"] == "single" and "APPLIANCE_ROLE=single" in single["error"] and single["nodes"] == []
+    assert worker["role"] == "worker" and "worker of the Ray head at 10.0.0.1:6379" in worker["error"]
