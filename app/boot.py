@@ -116,6 +116,7 @@ def cluster_programs(settings: Settings, ports: portal_config.Ports, token: str)
     programs = [ray] if ray else []
     if role != "worker":
         return programs + engine_programs(settings, ports)
+    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, []))  # Caddy imports it: no engines
     headless = multinode.headless_program(settings)
     if headless:
         log(f"worker's share of the head's engine ({multinode.HEADLESS}): node rank {settings.multinode_rank} of "
