@@ -89,7 +89,9 @@ def check(settings: Settings) -> None:
 
 
 def ray_token(settings: Settings, access_token: str) -> str:
-    return settings.ray_auth_token or access_token
+    if settings.ray_auth_token:
+        return validation.token(settings.ray_auth_token, "RAY_AUTH_TOKEN")
+    return access_token
 
 
 def ray_env(settings: Settings) -> dict[str, str]:

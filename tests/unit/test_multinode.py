@@ -193,3 +193,11 @@ def test_the_cluster_view_says_why_a_box_shows_no_cluster(tmp_path):
     single, worker = asyncio.run(scenario())
     assert single["role"] == "single" and "APPLIANCE_ROLE=single" in single["error"] and single["nodes"] == []
     assert worker["role"] == "worker" and "worker of the Ray head at 10.0.0.1:6379" in worker["error"]
+
+
+def test_rays_token_is_the_access_token_unless_given_and_then_token_shaped(tmp_path):
+    assert multinode.ray_token(settings(tmp_path, **HEAD), "access-token-0123456789") == "access-token-0123456789"
+    assert multinode.ray_token(settings(tmp_path, **HEAD, RAY_AUTH_TOKEN="ray-token-0123456789abc"), "x") \
+        == "ray-token-0123456789abc"
+    with pytest.raises(ValueError, match="RAY_AUTH_TOKEN must be 16-256 characters"):
+        multinode.ray_token(settings(tmp_path, **HEAD, RAY_AUTH_TOKEN="short\nline"), "x")
