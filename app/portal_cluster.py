@@ -17,7 +17,7 @@ if get_settings().appliance_role == "head":
 @router.get("/cluster", response_class=HTMLResponse)
 def cluster_page(request: Request):
     if request.app.state.settings.appliance_role == "worker":
-        return worker_page(request)
+        return portal.page(request, "worker")
     return portal.page(request, "cluster")
 
 
@@ -28,9 +28,4 @@ def worker_page(request: Request):
     if "text/html" not in request.headers.get("accept", ""):
         from app.api import v2
         return v2.index(request)
-    settings = request.app.state.settings
-    response = portal.page(request, "worker")
-    response.context.update({"head": settings.ray_address, "node_ip": settings.ray_node_ip,
-                             "mode": settings.multinode_mode})
-    return portal.templates.TemplateResponse(request, "worker.html", response.context,
-                                             headers={"Cache-Control": "no-store"})
+    return portal.page(request, "worker")  # worker.html reads the head's address from the settings
