@@ -4,6 +4,7 @@ own page, and the refusal of a cluster on a public address."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -137,3 +138,24 @@ def test_a_public_cluster_address_boots_with_the_explicit_opt_in_and_a_warning(b
     app = boot({"APPLIANCE_ROLE": "head", "RAY_NODE_IP": "8.8.8.8", "ALLOW_PUBLIC_CLUSTER": "true",
                 "RAY_BIN": "/bin/true"})
     assert "WARNING: ALLOW_PUBLIC_CLUSTER=true" in app.output()
+
+
+def test_the_cluster_page_lists_the_nodes_in_a_browser(cluster):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed")
+    head, _ = cluster
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_context(ignore_https_errors=True).new_page()
+        page.set_default_timeout(15_000)
+        page.goto(head.portal_url(f"/cluster?token={head.token}"))
+        page.wait_for_function("document.querySelectorAll('#cluster-nodes tbody tr').length === 2")
+        rows = page.locator("#cluster-nodes tbody tr").all_inner_texts()
+        summary = page.locator("#cluster-summary").inner_text()
+        assert page.locator("nav a:has-text('Cluster')").is_visible()
+        browser.close()
+    assert any(HEAD_ADDR in r and "head" in r and "alive" in r for r in rows), rows
+    assert any(WORKER_ADDR in r and "worker" in r and "alive" in r for r in rows), rows
+    assert "2 of 2 nodes alive, 4 GPUs in the cluster" in summary
