@@ -126,6 +126,9 @@ def main() -> None:
             "multiprocessing multi-node mode (`MULTINODE_MODE=mp`), one pipeline stage each. On a CPU this is the "
             "cost of the hop between the stages (every token crosses it), not a speed-up: multi-node serving is for "
             "a model that does not fit one box.\n\n"
+            + f"Per token: {single['whole'] / TOKENS * 1000:.1f} ms on one node, {double['whole'] / TOKENS * 1000:.1f} "
+            f"ms on two: the hop adds about {(double['whole'] - single['whole']) / TOKENS * 1000:.1f} ms to every "
+            "decode step (with one request in flight the two stages take turns).\n\n"
             + table(["engine", "time to first token (ms)", f"{TOKENS} tokens (ms)", "tokens/s", "tokens/s vs one node"],
                     rows))
     write_section("multinode", "Multi-node", body, "python -m bench multinode  # root; RAY_BIN, ENGINE_VENV")
