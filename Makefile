@@ -6,7 +6,7 @@ APPLIANCE_ROOT ?= $(CURDIR)/.appliance
 # `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
 RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
-.PHONY: proto run test test-fast test-unit bench lint install engine system-packages clean
+.PHONY: proto run test test-fast test-unit bench lint install engine ray system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 engine:
 	@if command -v vllm >/dev/null 2>&1; then echo "using $$(command -v vllm)"; \
 	else scripts/install-engine.sh $(ENGINE_VENV); fi
+
+# Ray for the multi-node tests and `python -m bench multinode` (tests find it here, or at RAY_BIN).
+ray:
+	@test -x .venv-ray/bin/ray || { $(PYTHON) -m venv .venv-ray && .venv-ray/bin/pip install -q 'ray[default]==2.60.0'; }
 
 # VLLM_CPU_KVCACHE_SPACE (GiB) only matters to vLLM's CPU build, whose default asks for most of the RAM.
 # The engine venv goes last on PATH: a `vllm` the user already has wins over the one `make engine` installed.

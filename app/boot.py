@@ -9,7 +9,6 @@ comes up; a bad setting that would weaken auth or TLS stops the boot.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from app import (
     engine,
     gpu,
     hub,
+    multinode,
     portal_config,
     render,
     validation,
@@ -100,13 +100,30 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
     ]
 
 
-def ray_program(settings: Settings) -> render.Program | None:
-    """`ray start --block $RAY_ARGS`, for multi-node serving; present only where ray is installed, started by hand."""
-    ray = shutil.which("ray")
-    if not ray:
-        return None
-    args = validation.split_args(settings.ray_args, "RAY_ARGS")
-    return render.Program(name="ray", argv=[ray, "start", "--block", *args], autostart=False, priority=800)
+def cluster_programs(settings: Settings, ports: portal_config.Ports, token: str) -> list[render.Program]:
+    """The program `ray` and the engines: a head's and a single box's from the saved state; a worker runs none of
+    its own (in `mp` mode, its share of the head's engine)."""
+    role = settings.appliance_role
+    if role != "single":
+        write_atomic(settings.ray_token_file, multinode.ray_token(settings, token) + "\n", mode=0o600)
+        log(f"APPLIANCE_ROLE={role} ({settings.multinode_mode} mode): cluster traffic on {settings.ray_node_ip}"
+            + (f", joining the Ray head at {settings.ray_address}" if role == "worker" else "")
+            + "; Ray's token auth is on")
+        if settings.allow_public_cluster:
+            log("WARNING: ALLOW_PUBLIC_CLUSTER=true: Ray's ports may be reachable from the internet, guarded by its "
+                "token alone; firewall them to the other boxes (docs/scale-out.md)")
+    ray = multinode.ray_program(settings)
+    programs = [ray] if ray else []
+    if role != "worker":
+        return programs + engine_programs(settings, ports)
+    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, []))  # Caddy imports it: no engines
+    headless = multinode.headless_program(settings)
+    if headless:
+        log(f"worker's share of the head's engine ({multinode.HEADLESS}): node rank {settings.multinode_rank} of "
+            f"{settings.multinode_nodes}, {settings.vllm_model}")
+    elif settings.vllm_model:
+        log("VLLM_MODEL is ignored on a worker in `ray` mode: the head runs the engines")
+    return programs + ([headless] if headless else [])
 
 
 def boot(settings: Settings, pid: int | None = None) -> Path:
@@ -122,7 +139,8 @@ def boot(settings: Settings, pid: int | None = None) -> Path:
 def _boot(settings: Settings) -> Path:
     token, generated = credentials.resolve_token(settings)
     prepared = prepare(settings)  # boot hooks; manifest (validated); must provisioning run?
-    apps = portal_config.sync(settings.portal_yaml, prepared.portal_config)
+    multinode.check(settings)  # a cluster open to the internet, or one that cannot form: the boot stops
+    apps = portal_config.sync(settings.portal_yaml, multinode.portal_config(settings, prepared.portal_config))
     kept = checks.port_collisions(apps, log)
     if kept != apps:
         portal_config.write(settings.portal_yaml, prepared.portal_config, kept)  # the manager reads this file
@@ -132,7 +150,7 @@ def _boot(settings: Settings) -> Path:
     caddy_config.remember(settings, ports)
     caddyfile = caddy_config.render_text(settings, apps, log)  # token, password, keys, certificate: checked here
     programs = control_programs(settings, ports)
-    programs += [p for p in [ray_program(settings)] if p] + engine_programs(settings, ports)
+    programs += cluster_programs(settings, ports, token)
     programs = prepared.programs(settings, programs)  # + provisioning, sshd, manifest programs; engines wait
 
     write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))

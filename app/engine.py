@@ -1,6 +1,7 @@
 """The `vllm serve` command line and environment of an engine program."""
 from __future__ import annotations
 
+from app import gpu, multinode
 from app.provisioning.record import engine_env
 
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
@@ -55,7 +56,14 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
         args += ["--served-model-name", config.served_model_name]
     tensor_parallel = (len(config.gpus) if config.gpus is not None
                        else gpu_count if settings.parallel_on_all_gpus else 0)
-    return Program(name=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
-                                                   tensor_parallel=tensor_parallel),
-                   environment=environment(settings, config), autostart=autostart, startsecs=5,
+    argv = serve_argv(settings.vllm_bin, config.model, args, port=config.port, tensor_parallel=tensor_parallel)
+    env = environment(settings, config)
+    plan = multinode.engine_plan(settings, config, gpu.gpu_count()) if settings.appliance_role == "head" else None
+    if plan is None:
+        return Program(name=config.id, argv=argv, environment=env, autostart=autostart, startsecs=5,
+                       stopwaitsecs=30, priority=900, note=ENGINE_NOTE)
+    # Across the cluster: its guard starts it only with its nodes there, and ends it (status GUARD_EXIT, not
+    # restarted by supervisor: the manager starts it again when the nodes are back) when one leaves.
+    return Program(name=config.id, argv=multinode.guarded(argv + plan.args, plan), environment={**plan.env, **env},
+                   autostart=autostart, autorestart="unexpected", exitcodes=str(multinode.GUARD_EXIT), startsecs=5,
                    stopwaitsecs=30, priority=900, note=ENGINE_NOTE)

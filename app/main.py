@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import api_docs, gpu, guard, portal
+from app import api_docs, cluster, gpu, guard, portal, portal_cluster
 from app.api import activity, bootstrap, caddy, instances, logs, metrics, overview, playground, v2, v2_single
+from app.api import cluster as cluster_api
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -25,8 +26,10 @@ async def lifespan(app: FastAPI):
         print(f"manager: could not reconcile programs with the saved state: {app.state.manager.fx.explain(exc)}",
               flush=True)
     monitor = asyncio.create_task(app.state.manager.monitor())
+    app.state.manager.cluster = cluster.Watch(app.state.manager).start()  # a head reads its Ray cluster
     yield
     monitor.cancel()
+    app.state.manager.cluster.stop()
     if getattr(app.state, "llmd", None):  # the llm-d API's event poller, started on its first use
         app.state.llmd.task.cancel()
     await app.state.manager.aclose()
@@ -37,6 +40,8 @@ app = FastAPI(title="vLLM appliance manager", docs_url=None, openapi_url="/api/o
 app.add_middleware(guard.Guard)  # Host check, same-site forgery check, security headers (app/guard.py)
 api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
+if get_settings().appliance_role == "worker":
+    app.include_router(portal_cluster.worker_router)  # first: a worker's / is its own page
 app.include_router(instances.router)
 app.include_router(caddy.router)
 app.include_router(logs.router)
@@ -47,6 +52,7 @@ app.include_router(activity.router)
 app.include_router(playground.router)
 app.include_router(v2_single.router)
 app.include_router(provisioning_api.router)
+app.include_router(cluster_api.router)
 app.include_router(bootstrap.router)  # vllm-bootstrap's REST paths at the root (the API port routes them here)
 
 
@@ -56,4 +62,5 @@ def health() -> dict:
 
 
 
+app.include_router(portal_cluster.router)
 app.include_router(portal.router)  # last: its /{page} must not shadow the API

@@ -14,7 +14,7 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, engine, provisioning, routing_table
+from app import boot_record, cluster, engine, provisioning, routing_table
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
@@ -123,6 +123,7 @@ class Manager:
                              "PORTAL_CONFIG); leave the port out")
         engine.check_environment(self.settings, config)  # what supervisor could not carry
         self.check_gpus_exist(config)
+        cluster.check(self, config)  # a worker runs no engine; more GPUs than the cluster has: 409
         self.check_ownership(config, self.actors.get(instance_id), claims)
         return config
 

@@ -36,6 +36,7 @@ class Program:
     environment: dict[str, str] = field(default_factory=dict)
     autostart: bool = True
     autorestart: str = "true"
+    exitcodes: str = ""  # the exit statuses that are expected (autorestart=unexpected); empty: supervisor's (0)
     startsecs: int = 1
     startretries: int = 3
     stopwaitsecs: int = 20

@@ -10,8 +10,10 @@ point it at a folder so the whole appliance lives under one root.
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,8 +58,36 @@ class Settings(BaseSettings):
         description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs "
                     "before starting the new one.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
-        description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is "
-                    "installed; start it with `supervisorctl start ray`.")
+        description="`ray start` arguments of the program `ray`. `head`: the Ray head's (Vast.ai's default); "
+                    "`worker`: added after `--address RAY_ADDRESS` unless they contain `--head`; `single`: rendered "
+                    "where `ray` is installed, started by hand (`supervisorctl start ray`).")
+
+    # --- several boxes (docs/scale-out.md) -------------------------------------------------------------------
+    appliance_role: Literal["single", "head", "worker"] = Field("single", alias="APPLIANCE_ROLE",
+        description="`single`: one box. `head`: runs the Ray head and the engines; an engine larger than this box "
+                    "uses the cluster. `worker`: joins RAY_ADDRESS and runs no engine of its own.")
+    multinode_mode: Literal["ray", "mp"] = Field("ray", alias="MULTINODE_MODE",
+        description="How a multi-node engine runs: `ray` (vLLM's Ray executor: GPUs) or `mp` (vLLM's own "
+                    "multiprocessing across nodes, `--nnodes`: the only one vLLM's CPU build runs).")
+    ray_address: str = Field("", alias="RAY_ADDRESS",
+        description="`host:port` of the Ray head (its RAY_NODE_IP and GCS port) that a `worker` joins.")
+    ray_node_ip: str = Field("", alias="RAY_NODE_IP",
+        description="This box's address on the network between the boxes (`--node-ip-address`, VLLM_HOST_IP); "
+                    "required for `head` and `worker`.")
+    ray_auth_token: str = Field("", alias="RAY_AUTH_TOKEN",
+        description="Ray's token (RAY_AUTH_MODE=token on every node and for the engines); default: the access "
+                    "token. Every box of a cluster needs the same one.")
+    allow_public_cluster: bool = Field(False, alias="ALLOW_PUBLIC_CLUSTER",
+        description="Let `head`/`worker` use a public RAY_NODE_IP (cluster ports reachable from the internet, "
+                    "guarded by Ray's token only). Without it such a boot stops.")
+    ray_bin: str = Field("ray", alias="RAY_BIN",
+        description="The `ray` command: found on PATH, or a path.")
+    multinode_nodes: int = Field(2, ge=2, le=64, alias="MULTINODE_NODES",
+        description="`mp` mode: the number of boxes the engine spans (`--nnodes`).")
+    multinode_rank: int = Field(1, ge=1, le=63, alias="MULTINODE_RANK",
+        description="`mp` mode, on a worker: this box's node rank (`--node-rank`), 1 to MULTINODE_NODES - 1.")
+    multinode_port: int = Field(29500, ge=1024, le=65535, alias="MULTINODE_PORT",
+        description="`mp` mode: the head's rendezvous port (`--master-port`), reachable from the workers.")
 
     # --- access --------------------------------------------------------------
     open_button_token: str = Field("", alias="OPEN_BUTTON_TOKEN",
@@ -269,6 +299,19 @@ class Settings(BaseSettings):
     def router_socket(self) -> Path:
         """The router's control socket (app/router_client.py): the manager's only way to talk to it."""
         return self.run_dir / "router.sock"
+
+    @property
+    def ray_token_file(self) -> Path:
+        """Ray's token for the ray program and the engines (RAY_AUTH_TOKEN_PATH), written at boot; mode 0600."""
+        return self.state_dir / "ray-token"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """Ray's session folder: its default in the image; a short one of its own per root otherwise (Ray's unix
+        socket paths must stay under 108 bytes, and two appliances on one machine must not share one)."""
+        if not self.appliance_root:
+            return Path("/tmp/ray")
+        return Path("/tmp") / f"ray-{hashlib.sha1(str(self.root).encode()).hexdigest()[:10]}"
 
     @property
     def routing_table(self) -> Path:
