@@ -42,7 +42,7 @@ system-packages:
 	@command -v chromium >/dev/null && command -v sshd >/dev/null || \
 	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium openssh-server; }
 
-test: install lint system-packages
+test: install lint system-packages ray
 	scripts/install-engine.sh $(ENGINE_VENV)
 	ENGINE_VENV="$(ENGINE_VENV)" $(VENV)/bin/python -m pytest
 
