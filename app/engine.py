@@ -1,6 +1,7 @@
 """The `vllm serve` command line and environment of an engine program."""
 from __future__ import annotations
 
+from app.instance import SLEEP_MODE
 from app.provisioning.record import engine_env
 
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
@@ -31,6 +32,8 @@ def environment(settings, config) -> dict[str, str]:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
+    if has_option(config.args, SLEEP_MODE):  # vLLM serves /sleep, /wake_up, /is_sleeping only in its dev mode
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # (loopback only: Caddy never routes those paths, see render.DEV_PATHS)
     return {**env, **engine_env(settings), **config.env}  # + the manifest's and boot hooks' env (saved at boot)
 
 
@@ -47,15 +50,17 @@ def check_environment(settings, config) -> None:
     environment_line(environment(settings, config))
 
 
-def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
-    """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured."""
+def program(settings, config, *, gpu_count: int = 0, autostart: bool = True, name: str | None = None):
+    """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured.
+    `name`: the program's name when it is not the instance id (blue/green's second program, `<id>_b`); it logs
+    to the instance's log all the same."""
     from app.render import ENGINE_NOTE, Program
     args = list(config.args)
     if config.served_model_name and not has_option(args, "--served-model-name"):
         args += ["--served-model-name", config.served_model_name]
     tensor_parallel = (len(config.gpus) if config.gpus is not None
                        else gpu_count if settings.parallel_on_all_gpus else 0)
-    return Program(name=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
+    return Program(name=name or config.id, log=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
                                                    tensor_parallel=tensor_parallel),
                    environment=environment(settings, config), autostart=autostart, startsecs=5,
                    stopwaitsecs=30, priority=900, note=ENGINE_NOTE)

@@ -14,7 +14,7 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, engine, provisioning, routing_table
+from app import boot_record, engine, provisioning, room, routing_table, strategies
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
@@ -22,18 +22,20 @@ from app.portal_config import Ports
 from app.router_client import RouterClient
 from app.settings import Settings
 from app.state import Store
+from app.traffic import Traffic
 
 __all__ = ["InstanceError", "Manager"]
 
 
 class Manager:
-    def __init__(self, settings: Settings, fx: Effects | None = None):
+    def __init__(self, settings: Settings, fx: Effects | None = None, router: RouterClient | None = None):
         self.settings = settings
         self.fx = fx or Effects(settings)
         self.store = Store(settings)
         self.actors: dict[str, InstanceActor] = {}
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
-        self.router = RouterClient(settings)
+        self.router = router or RouterClient(settings)
+        self.traffic = Traffic(settings, self.router)  # the router's counts, drain and release
         self._publishing: asyncio.Task | None = None
 
     @property
@@ -70,6 +72,11 @@ class Manager:
             raise InstanceError(404, f"no instance {instance_id!r}")
         return config
 
+    def program_of(self, instance_id: str) -> str:
+        """The supervisor program that runs the instance's engine (`<id>`, or `<id>_b` after a blue/green swap)."""
+        actor = self.actors.get(instance_id)
+        return actor.program if actor else instance_id
+
     def view(self, config: InstanceConfig) -> dict:
         return self.view_of(self.actors.get(config.id), config)
 
@@ -85,6 +92,7 @@ class Manager:
                 "restarts": rt.restarts if rt else 0, "pid": rt.pid if rt and rt.pid and owning else None,
                 "uptime": round(time.time() - rt.since, 1) if rt and phase == Phase.READY else None,
                 "command": engine.program(self.settings, config, gpu_count=self.fx.gpu_count()).argv}
+        view["in_flight"], view["queued"] = self.traffic.counts(config.id)  # the router's; null while it is down
         if phase in (Phase.STARTING, Phase.FAILED):
             view["last_log"] = self.fx.last_log(config.id)
         return view
@@ -107,8 +115,9 @@ class Manager:
         return holders
 
     # --- validating and claiming -----------------------------------------------------------------------------------
-    def build(self, instance_id: str, request: InstanceRequest) -> InstanceConfig:
-        """A request as a config (ValueError: bad input; InstanceError 409: a port or GPU is taken)."""
+    def build(self, instance_id: str, request: InstanceRequest, *, make_room: bool = True) -> InstanceConfig:
+        """A request as a config (ValueError: bad input; InstanceError 409: a port is taken, or a GPU by a pinned
+        instance, or by any other one without `make_room`)."""
         claims = self.known()
         port = request.port
         if port is None and option_value(request.args, "--port") is None:
@@ -123,12 +132,12 @@ class Manager:
                              "PORTAL_CONFIG); leave the port out")
         engine.check_environment(self.settings, config)  # what supervisor could not carry
         self.check_gpus_exist(config)
-        self.check_ownership(config, self.actors.get(instance_id), claims)
+        self.check_ownership(config, self.actors.get(instance_id), claims, make_room=make_room)
         return config
 
     def free_port(self, claims: dict[str, InstanceConfig]) -> int:
         """The first port of ENGINE_PORTS that no instance claims, the appliance does not use and nothing listens on."""
-        taken = {c.port for c in claims.values()} | set(self.ports.taken())
+        taken = {c.port for c in claims.values()} | set(self.ports.taken()) | self.busy_ports()
         for port in self.settings.engine_port_range:
             if port in taken:
                 continue
@@ -139,6 +148,11 @@ class Manager:
                     continue
             return port
         raise InstanceError(409, f"no free port left in ENGINE_PORTS ({self.settings.engine_ports})")
+
+    def busy_ports(self) -> set[int]:
+        """Ports of engines that run still, beyond the claims: saved ports, and blue/green's old engines."""
+        return {c.port for c in self.store.instances.values()} | {
+            a.retiring_port for a in self.actors.values() if a.retiring_port}
 
     def check_gpus_exist(self, config: InstanceConfig) -> None:
         if not config.gpus:
@@ -152,45 +166,51 @@ class Manager:
             raise ValueError(f"GPU {missing[0]} does not exist: there are {count} GPUs (0-{count - 1})")
 
     def check_ownership(self, config: InstanceConfig, mine: InstanceActor | None,
-                        claims: dict[str, InstanceConfig] | None = None) -> None:
+                        claims: dict[str, InstanceConfig] | None = None, *, make_room: bool = True) -> list[str]:
         """409 if another instance has this port, or (while it runs or is about to) one of these GPUs and they do
-        not both share."""
+        not both share, and it is pinned or making room is not asked for. Returns the instances to stop to make
+        room (app/room.py)."""
         claims = self.known() if claims is None else claims
         taken = self.ports.taken()
         if config.id != DEFAULT_INSTANCE and config.port in taken:
             raise InstanceError(409, f"port {config.port} is {taken[config.port]}; choose another or leave it out")
-        count = self.fx.gpu_count()
-        wanted = set(config.gpus) if config.gpus is not None else set(range(count))
         for other in claims.values():
-            if other.id == config.id:
-                continue
-            if other.port == config.port:
+            if other.id != config.id and other.port == config.port:
                 raise InstanceError(409, f"port {config.port} is used by instance {other.id!r}")
-            actor = self.actors.get(other.id)
-            if actor is None or actor is mine or not actor.claims_gpus:
-                continue
-            theirs = set(other.gpus) if other.gpus is not None else set(range(count))
-            shared = wanted & theirs
-            if shared and not (config.share_gpus and other.share_gpus):
-                raise InstanceError(409, f"GPU {min(shared)} is owned by instance {other.id!r} "
-                                         "(set share_gpus on both to share it)")
+        for actor in self.actors.values():
+            if actor.id != config.id and actor.retiring_port == config.port:
+                raise InstanceError(409, f"port {config.port} is used by instance {actor.id!r} (its old engine)")
+        return room.check(self, config, mine, claims, make_room=make_room)
 
     # --- commands ------------------------------------------------------------------------------------------------
-    async def swap(self, instance_id: str, request: InstanceRequest) -> dict:
+    async def swap(self, instance_id: str, request: InstanceRequest, *, make_room: bool = True) -> dict:
+        """Create or swap. `make_room`: stop the instances holding its GPUs (the llm-d and vllm-bootstrap APIs
+        answer 409 instead, as those clients expect)."""
+        if request.strategy == "sleep":
+            request = strategies.with_sleep_mode(request)
         try:
-            config = self.build(instance_id, request)
+            config = self.build(instance_id, request, make_room=make_room)
         except ValueError as exc:
             raise InstanceError(422, error_message(exc)) from None
+        strategy = strategies.choose(self, config, request)
+        if strategy == "blue_green":  # the new engine gets a port of its own; the old one keeps its port meanwhile
+            config = config.model_copy(update={"port": self.free_port(self.known())})
         actor = self.actor(instance_id)
-        done = actor.submit(Command("swap", config, rollback=request.rollback, timeout=request.timeout))
+        kind = "policy" if config.same_engine(self.store.get(instance_id)) and actor.rt.phase in (
+            Phase.STARTING, Phase.READY, Phase.SLEEPING) else "swap"
+        done = actor.submit(Command(kind, config, rollback=request.rollback, timeout=request.timeout,
+                                    strategy=strategy))
         if request.wait:
             return await asyncio.shield(done)
         done.add_done_callback(_quiet)
         return {**self.view_of(actor, config), "accepted": actor.seq}
 
     async def command(self, instance_id: str, kind: str) -> dict:
-        """start, stop, restart or delete; answered once the actor carried it out (or superseded it)."""
-        self.get(instance_id)
+        """start, stop, restart or delete; answered once the actor carried it out (or superseded it). A start or
+        restart onto GPUs held by a pinned instance is refused here, before it is accepted."""
+        config = self.get(instance_id)
+        if kind in ("start", "restart"):
+            self.check_ownership(config, self.actors.get(instance_id))
         return await asyncio.shield(self.actor(instance_id).submit(Command(kind)))
 
     async def start(self, instance_id: str) -> dict:
@@ -241,6 +261,13 @@ class Manager:
         """Read supervisor once a second and send every actor its reading. A failure is logged once, not every round,
         and so is the recovery from it."""
         failing = None
+        watching = asyncio.get_running_loop().create_task(self.traffic.watch())  # the router's counts, each second
+        try:
+            await self._monitor(interval, failing)
+        finally:
+            watching.cancel()
+
+    async def _monitor(self, interval: float, failing: str | None) -> None:
         while True:
             try:
                 await self.observe()
@@ -259,7 +286,8 @@ class Manager:
         infos = await self.fx.processes()
         waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
         for instance_id in self.store.instances:
-            self.actor(instance_id).observe(Observation(infos.get(instance_id), taken_at, instance_id in waiting))
+            actor = self.actor(instance_id)
+            actor.observe(Observation(infos.get(actor.program), taken_at, instance_id in waiting))
 
     async def reconcile(self) -> None:
         """At the manager's start: make supervisor's programs and Caddy's routes match the saved state again.
@@ -268,12 +296,17 @@ class Manager:
         process group replaced; unchanged programs are left alone; programs of deleted instances are removed.
         """
         saved = self.store.instances
-        names = set(saved)
+        programs = {}  # instance -> its program: after a blue/green swap `<id>_b`, the file that runs the saved config
+        for config in saved.values():
+            slots = (config.id, strategies.other_program(config.id, config.id))
+            programs[config.id] = self.fx.current_program(config, slots) or config.id
+        names = set(programs.values())
         for name in self.fx.rendered_engines() - names:
             self.fx.remove_program(name)
             names.add(name)
         for config in saved.values():
-            self.fx.write_program(config, autostart=config.id not in self.held)
+            self.actor(config.id).program = programs[config.id]
+            self.fx.write_program(config, autostart=config.id not in self.held, name=programs[config.id])
         added, changed, removed = await self.fx.apply(names)
         if added or changed or removed:
             print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "

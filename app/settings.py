@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     gpu_release_timeout: float = Field(60.0, alias="GPU_RELEASE_TIMEOUT",
         description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs "
                     "before starting the new one.")
+    drain_timeout: float = Field(60.0, alias="DRAIN_TIMEOUT", ge=0, le=86400,
+        description="Seconds a stop, swap or restart (and making room for another instance) waits for the requests "
+                    "in flight on an engine to finish before it stops the engine; new requests queue meanwhile.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
         description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is "
                     "installed; start it with `supervisorctl start ray`.")
