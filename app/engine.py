@@ -60,7 +60,7 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True, nam
         args += ["--served-model-name", config.served_model_name]
     tensor_parallel = (len(config.gpus) if config.gpus is not None
                        else gpu_count if settings.parallel_on_all_gpus else 0)
-    return Program(name=name or config.id, log=config.id, argv=serve_argv(settings.vllm_bin, config.model, args, port=config.port,
-                                                   tensor_parallel=tensor_parallel),
+    argv = serve_argv(settings.vllm_bin, config.model, args, port=config.port, tensor_parallel=tensor_parallel)
+    return Program(name=name or config.id, log=config.id, argv=argv,
                    environment=environment(settings, config), autostart=autostart, startsecs=5,
                    stopwaitsecs=30, priority=900, note=ENGINE_NOTE)

@@ -183,7 +183,8 @@ class Llmd:
             if record.status is None or (status == "running" and (record.status != status or record.config != dump)):
                 kind, extra = "CREATED", {}  # new, started again, or swapped: its current object
             elif status == "stopped" and record.status == "running":
-                info = await self.manager.fx.info(self.manager.program_of(instance_id)) or {}  # an exit status only if it exited by itself
+                # an exit status only if it exited by itself
+                info = await self.manager.fx.info(self.manager.program_of(instance_id)) or {}
                 kind, extra = "STOPPED", {"exit_code": info.get("exitstatus") if info.get("statename") == "EXITED"
                                           else None}
             else:
