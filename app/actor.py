@@ -219,8 +219,9 @@ class InstanceActor:
         except xmlrpc.client.Fault as fault:
             info = await self.fx.info(program)
             return f"supervisor could not start the engine: {(info or {}).get('spawnerr') or fault.faultString}"
-        info = await self.fx.info(program)
-        self.rt.pid = (info or {}).get("pid") or self.rt.pid  # a start we asked for is no restart
+        if program == self.program:
+            info = await self.fx.info(program)
+            self.rt.pid = (info or {}).get("pid") or self.rt.pid  # a start we asked for is no restart
         return None
 
     async def _wait_ready(self, config: InstanceConfig, timeout: float, program: str | None = None,
@@ -328,9 +329,9 @@ class InstanceActor:
         self.rt.pid = pid or self.rt.pid
         name = info["statename"]
         if name in ("RUNNING", "STARTING"):
-            if self.rt.phase == Phase.READY and not restarted and config.idle_timeout:
-                await self._idle_check(config)
             if self.rt.phase in (Phase.READY, Phase.SLEEPING) and not restarted:
+                if self.rt.phase == Phase.READY and config.idle_timeout:
+                    await self._idle_check(config)
                 return  # ready engines are not probed (their logs would fill with health checks)
             self._set(Phase.READY if await self.fx.healthy(config) else Phase.STARTING)
         elif name == "BACKOFF":  # exited too soon; supervisor tries again
