@@ -126,6 +126,8 @@ function instanceCard(i) {
       (lines.length ? `<pre class="lines">${esc(lines[lines.length - 1])}</pre>` : "");
   } else if (i.state === "waiting") {
     detail = `<p class="small">${esc(i.reason)} — <a href="/logs?name=provisioning">provisioning log</a></p>`;
+  } else if (i.state === "sleeping" || (i.state === "stopped" && i.reason)) {
+    detail = `<p class="small muted">${esc(i.reason || "")}</p>`;
   } else if (i.state === "failed") {
     detail = `<p class="small"><strong>Failed:</strong> ${esc(i.reason)}</p><pre class="lines">${esc(lines.slice(-12).join("\n"))}</pre>`;
   } else if (i.state === "ready" && apiPort) {
@@ -135,7 +137,8 @@ function instanceCard(i) {
     <h3><span>${esc(i.id)}</span><span class="badge ${esc(i.state)}">${esc(i.state)}</span></h3>
     <dl class="kv"><dt>Model</dt><dd>${esc(i.model)}</dd><dt>Served as</dt><dd>${esc(i.served_model_name)}</dd>
     <dt>GPUs</dt><dd>${esc(i.gpus ? i.gpus.join(", ") : "automatic")}</dd><dt>Port</dt><dd>${i.port}</dd>
-    <dt>Uptime</dt><dd>${duration(i.uptime)}</dd><dt>Restarts</dt><dd>${i.restarts}</dd></dl>
+    <dt>Uptime</dt><dd>${duration(i.uptime)}</dd><dt>Restarts</dt><dd>${i.restarts}</dd>
+    <dt>Requests</dt><dd>${i.in_flight ?? "—"} in flight, ${i.queued ?? "—"} queued</dd></dl>
     ${detail}
     <div class="actions">
       ${["start", "stop", "restart"].map((a) => `<button type="button" data-action="${a}" ${
