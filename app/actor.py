@@ -47,6 +47,7 @@ class InstanceActor:
         self.seq = 0  # the last accepted command
         self.queued: dict[str, int] = {}  # commands in the inbox, by kind
         self.desired: InstanceConfig | None = None  # the config of an accepted swap not finished yet (claims)
+        self.desired_strategy = "restart"  # ... and its strategy (the routing table shows a blue/green apart)
         self.program = instance_id  # its supervisor program: `<id>`, or `<id>_b` after a blue/green swap
         self.retiring_port: int | None = None  # blue/green: the old engine's port, until that engine is gone
         self.changed_at = 0.0  # monotonic time of the last phase change
@@ -63,7 +64,7 @@ class InstanceActor:
         self.seq += 1
         command.seq = self.seq
         if command.kind in ("swap", "policy"):
-            self.desired = command.config
+            self.desired, self.desired_strategy = command.config, command.strategy
         self.queued[command.kind] = self.queued.get(command.kind, 0) + 1
         self.inbox.put_nowait(command)
         return command.done
@@ -119,6 +120,7 @@ class InstanceActor:
         finally:
             if command.kind in ("swap", "policy") and self.desired is command.config:
                 self.desired = None
+                self.manager.publish()
             if command.kind == "delete" and not self.pending and self.manager.store.get(self.id) is None:
                 self.manager.forget(self)
 

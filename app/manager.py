@@ -200,6 +200,7 @@ class Manager:
             Phase.STARTING, Phase.READY, Phase.SLEEPING) else "swap"
         done = actor.submit(Command(kind, config, rollback=request.rollback, timeout=request.timeout,
                                     strategy=strategy))
+        self.publish()  # the router knows at once: requests for the new model queue instead of 404
         if request.wait:
             return await asyncio.shield(done)
         done.add_done_callback(_quiet)
@@ -230,9 +231,20 @@ class Manager:
 
     # --- the router's table -------------------------------------------------------------------------------------
     def table(self) -> routing_table.Table:
-        routes = [routing_table.Route(id=c.id, names=c.names, port=c.port, phase=self.phase(c.id),
-                                      on_demand=c.on_demand, max_queue=c.max_queue, queue_timeout=c.queue_timeout)
-                  for c in self.store.instances.values()]
+        """A route per instance. An accepted swap shows at once: with `restart`, the new names, `starting` (requests
+        for it queue); with `blue_green`, the old engine's route as it is (it serves on) beside one for the new
+        engine (`<id>_green`, starting, never started on demand), so requests naming the new model queue for it."""
+        routes = []
+        for config in self.known().values():
+            saved, actor = self.store.get(config.id), self.actors.get(config.id)
+            phase = actor.rt.phase if actor else Phase.STOPPED
+            if actor is None or actor.desired is None or config.same_engine(saved):
+                routes.append(_route(config, config.id, phase))
+            elif actor.desired_strategy == "blue_green" and saved is not None:
+                routes += [_route(saved, config.id, phase), _route(config, f"{config.id}_green", Phase.STARTING,
+                                                                   on_demand=False)]
+            else:
+                routes.append(_route(config, config.id, Phase.STARTING))
         return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
 
     def publish(self) -> None:
@@ -322,6 +334,12 @@ class Manager:
             actor.task.cancel()
         await self.router.aclose()
         await self.fx.aclose()
+
+
+def _route(config: InstanceConfig, route_id: str, phase: Phase, on_demand: bool | None = None) -> routing_table.Route:
+    return routing_table.Route(id=route_id, names=config.names, port=config.port, phase=phase,
+                               on_demand=config.on_demand if on_demand is None else on_demand,
+                               max_queue=config.max_queue, queue_timeout=config.queue_timeout)
 
 
 def _quiet(done: asyncio.Future) -> None:

@@ -241,6 +241,32 @@ def test_restart_is_chosen_where_blue_green_cannot_run(tmp_path):
     run(scenario())
 
 
+def test_the_routing_table_shows_an_accepted_swap_at_once(tmp_path):
+    """Requests naming the new model queue for it from the moment the PUT is accepted (no 404 meanwhile); during
+    blue/green the old engine's route serves on beside the new engine's, which takes over at the switch."""
+    async def scenario():
+        manager, fx = make_manager(tmp_path)
+        await manager.swap("a", InstanceRequest(model="acme/a", wait=True))
+        old_port = manager.store.get("a").port
+        await manager.swap("a", InstanceRequest(model="acme/slow-b", strategy="restart", timeout=5))
+        [route] = manager.table().routes
+        assert (route.id, route.names, route.phase) == ("a", ["acme/slow-b"], Phase.STARTING)
+        await manager.swap("a", InstanceRequest(model="acme/a", strategy="restart", wait=True))  # back
+        green = await manager.swap("a", InstanceRequest(model="acme/b"))
+        old, new = manager.table().routes
+        assert (old.id, old.names, old.port, old.phase) == ("a", ["acme/a"], old_port, Phase.READY)
+        assert (new.id, new.names, new.port, new.phase, new.on_demand) == (
+            "a_green", ["acme/b"], green["port"], Phase.STARTING, False)
+        await settle(manager)
+        while manager.actors["a"].desired is not None:
+            await asyncio.sleep(0.01)
+        [route] = manager.table().routes
+        assert (route.id, route.names, route.port, route.phase) == ("a", ["acme/b"], green["port"], Phase.READY)
+        await asyncio.sleep(0.01)
+        assert fx.router.tables[-1] == manager.table()  # and the router was told
+    run(scenario())
+
+
 # --- sleep -------------------------------------------------------------------------------------------------------
 def test_between_two_sleep_mode_instances_the_holder_sleeps_and_a_start_wakes_it(tmp_path):
     async def scenario():
