@@ -93,8 +93,8 @@ def main() -> None:
             for n, strategy in enumerate(("blue_green", "restart")):
                 put(app, "chat", model=f"acme/chat-{n}a", served_model_name="chat", wait=True, strategy="restart")
                 load = Load(app, "chat")
-                requests, failed, gap, took = load.run_during(lambda: put(
-                    app, "chat", model=f"acme/chat-{n}b", served_model_name="chat", strategy=strategy, wait=True))
+                new = {"model": f"acme/chat-{n}b", "served_model_name": "chat", "strategy": strategy, "wait": True}
+                requests, failed, gap, took = load.run_during(lambda new=new: put(app, "chat", **new))
                 rows.append([strategy, CLIENTS, requests, failed, f"{gap:.3f}", f"{took:.2f}"])
             for strategy in ("blue_green", "restart"):
                 new, failed = fifty(app, strategy)
