@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.instance import InstanceRequest, Phase
-from app.manager import InstanceError
+from app.manager import InstanceError, Manager
 from tests.unit.fakes import make_manager, settle
 
 
@@ -294,4 +294,25 @@ def test_sleep_needs_a_gpu(tmp_path):
         with pytest.raises(InstanceError, match="strategy sleep needs a GPU") as caught:
             await manager.swap("a", InstanceRequest(model="acme/a", strategy="sleep"))
         assert caught.value.status == 422
+    run(scenario())
+
+
+def test_a_restarted_manager_finds_the_program_a_blue_green_swap_left_running(tmp_path):
+    async def scenario():
+        manager, fx = make_manager(tmp_path)
+        await manager.swap("a", InstanceRequest(model="acme/a", wait=True))
+        await manager.swap("a", InstanceRequest(model="acme/b", wait=True))
+        assert manager.program_of("a") == "a_b"
+        await manager.aclose()
+        again = Manager(manager.settings, fx, fx.router)  # the manager restarted (supervisor brought it back)
+        await again.reconcile()
+        assert again.program_of("a") == "a_b" and set(fx.programs) == {"a_b"}
+        await settle(again)
+        assert again.phase("a") == Phase.READY
+        # killed mid-swap, before the switch: both programs there, the saved config is the old one's
+        fx.write_program(manager.store.get("a").model_copy(update={"model": "acme/c", "port": 19999}), name="a")
+        third = Manager(manager.settings, fx, fx.router)
+        await third.reconcile()
+        assert third.program_of("a") == "a_b" and set(fx.programs) == {"a_b"}  # the leftover is removed
+        await third.aclose()
     run(scenario())
