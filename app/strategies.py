@@ -12,7 +12,8 @@
 
 The default (`strategy` null), `choose`: blue_green where resources allow it: always on a box without GPUs; on
 GPUs when the new engine's GPUs are free (none of them held by the old engine or another instance); and only
-when the request leaves the port out (blue/green moves the engine to another port). Otherwise restart.
+when the request leaves the port out (blue/green moves the engine to another port) and keeps `rollback` on (a
+failed blue/green swap always leaves the old engine serving). Otherwise restart.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def blue_green_problem(manager: Manager, new: InstanceConfig, old: InstanceConfi
     """Why blue/green cannot swap this instance here, or None."""
     if request.port is not None or option_value(request.args, "--port") is not None:
         return "the request gives a port, and blue/green moves the engine to another one"
+    if not request.rollback:
+        return "rollback is off, and a failed blue/green swap always leaves the old engine serving"
     if new.id == DEFAULT_INSTANCE and old.port == manager.ports.api_port:
         return "the default instance listens on the API's own port here"
     if manager.fx.gpu_count() == 0:
