@@ -60,14 +60,20 @@ class InstanceActor:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"actor:{instance_id}")
 
     # --- what others may do: send messages, read ------------------------------------------------------------------
-    def submit(self, command: Command) -> asyncio.Future:
+    def submit(self, command: Command, *, post: bool = True) -> asyncio.Future:
+        """Accept a command: it claims at once (and supersedes older ones); `post=False`: put it in the inbox later
+        with `post` (the manager first tells the router)."""
         self.seq += 1
         command.seq = self.seq
         if command.kind in ("swap", "policy"):
             self.desired, self.desired_strategy = command.config, command.strategy
         self.queued[command.kind] = self.queued.get(command.kind, 0) + 1
-        self.inbox.put_nowait(command)
+        if post:
+            self.post(command)
         return command.done
+
+    def post(self, command: Command) -> None:
+        self.inbox.put_nowait(command)
 
     def observe(self, observation: Observation) -> None:
         self.latest = observation

@@ -37,6 +37,7 @@ class Manager:
         self.router = router or RouterClient(settings)
         self.traffic = Traffic(settings, self.router)  # the router's counts, drain and release
         self._publishing: asyncio.Task | None = None
+        self._dirty = False  # a change not published yet
 
     @property
     def ports(self) -> Ports:
@@ -198,13 +199,19 @@ class Manager:
         actor = self.actor(instance_id)
         kind = "policy" if config.same_engine(self.store.get(instance_id)) and actor.rt.phase in (
             Phase.STARTING, Phase.READY, Phase.SLEEPING) else "swap"
-        done = actor.submit(Command(kind, config, rollback=request.rollback, timeout=request.timeout,
-                                    strategy=strategy))
-        self.publish()  # the router knows at once: requests for the new model queue instead of 404
+        command = Command(kind, config, rollback=request.rollback, timeout=request.timeout, strategy=strategy)
+        done = actor.submit(command, post=False)  # accepted: its claims hold from here
+        accepted = {**self.view_of(actor, config), "accepted": actor.seq}
+        try:  # the router knows before the engine is touched and before the answer: requests for the new model
+            await asyncio.wait_for(asyncio.shield(self.publish()), 5)  # queue instead of getting 404
+        except TimeoutError:
+            pass
+        finally:
+            actor.post(command)
         if request.wait:
             return await asyncio.shield(done)
         done.add_done_callback(_quiet)
-        return {**self.view_of(actor, config), "accepted": actor.seq}
+        return accepted
 
     async def command(self, instance_id: str, kind: str) -> dict:
         """start, stop, restart or delete; answered once the actor carried it out (or superseded it). A start or
@@ -247,26 +254,30 @@ class Manager:
                 routes.append(_route(config, config.id, Phase.STARTING))
         return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
 
-    def publish(self) -> None:
+    def publish(self) -> asyncio.Task:
         """Something the router routes by may have changed: publish the table soon (coalesced; actors call this
-        on every phase change and must not wait for it)."""
+        on every phase change and must not wait for it). The task ends once the router has the latest table."""
+        self._dirty = True
         if self._publishing is None or self._publishing.done():
             self._publishing = asyncio.get_running_loop().create_task(self._publish())
+        return self._publishing
 
     async def _publish(self) -> None:
-        await asyncio.sleep(0)  # let the changes of this turn of the loop land first
-        table = self.table()
-        try:
-            changed = routing_table.write(self.settings, table)
-        except OSError as exc:
-            print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
-            changed = True
-        if changed:
+        while self._dirty:
+            self._dirty = False
+            await asyncio.sleep(0)  # let the changes of this turn of the loop land first
+            table = self.table()
             try:
-                await self.router.push(table)
-            except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
-                print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its start",
-                      flush=True)
+                changed = routing_table.write(self.settings, table)
+            except OSError as exc:
+                print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
+                changed = True
+            if changed:
+                try:
+                    await self.router.push(table)
+                except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
+                    print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its "
+                          "start", flush=True)
 
     # --- following supervisor ----------------------------------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:

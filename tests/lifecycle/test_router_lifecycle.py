@@ -92,7 +92,7 @@ def test_a_stream_in_flight_finishes_across_a_restart_swap(app):
         reader.join(timeout=60)
         assert swapped.json()["result"] == "ready", swapped.text
         assert chunks[-1] == "data: [DONE]"  # the stream was not cut: every token, then the end
-        last = json.loads(chunks[-2])["choices"][0]
+        last = json.loads(chunks[-2].removeprefix("data: "))["choices"][0]
         assert last["finish_reason"] == "stop" and len(chunks) >= 12
         answer = chat(client, app, "talk")
         assert answer.status_code == 200 and answer.headers["x-stand-in-model"] == "acme/talk-2"
@@ -174,6 +174,7 @@ def test_making_room_drains_a_busy_holder_before_stopping_it(boot):
         newcomer = put(gpus, client, "newcomer", model="acme/newcomer", gpus=[0], wait=True)
         reader.join(timeout=60)
         assert newcomer.json()["result"] == "ready", newcomer.text
-        assert chunks[-1] == "data: [DONE]" and json.loads(chunks[-2])["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1] == "data: [DONE]"
+        assert json.loads(chunks[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "stop"
         held = state(gpus, client, "holder")
         assert held["state"] == "stopped" and held["reason"] == "stopped to make room for 'newcomer'"

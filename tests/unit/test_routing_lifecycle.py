@@ -252,14 +252,16 @@ def test_the_routing_table_shows_an_accepted_swap_at_once(tmp_path):
         [route] = manager.table().routes
         assert (route.id, route.names, route.phase) == ("a", ["acme/slow-b"], Phase.STARTING)
         await manager.swap("a", InstanceRequest(model="acme/a", strategy="restart", wait=True))  # back
-        green = await manager.swap("a", InstanceRequest(model="acme/b"))
+        green = await manager.swap("a", InstanceRequest(model="acme/slow-b", timeout=0.5))
         old, new = manager.table().routes
         assert (old.id, old.names, old.port, old.phase) == ("a", ["acme/a"], old_port, Phase.READY)
         assert (new.id, new.names, new.port, new.phase, new.on_demand) == (
-            "a_green", ["acme/b"], green["port"], Phase.STARTING, False)
-        await settle(manager)
+            "a_green", ["acme/slow-b"], green["port"], Phase.STARTING, False)
         while manager.actors["a"].desired is not None:
             await asyncio.sleep(0.01)
+        [route] = manager.table().routes  # it never got ready: the old engine's route alone, as before
+        assert (route.id, route.names, route.port, route.phase) == ("a", ["acme/a"], old_port, Phase.READY)
+        green = await manager.swap("a", InstanceRequest(model="acme/b", wait=True))
         [route] = manager.table().routes
         assert (route.id, route.names, route.port, route.phase) == ("a", ["acme/b"], green["port"], Phase.READY)
         await asyncio.sleep(0.01)
