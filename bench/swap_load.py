@@ -62,10 +62,11 @@ def put(app: Appliance, instance: str, **body) -> dict:
         return answer.json()
 
 
-def fifty(app: Appliance, strategy: str) -> tuple[int, int]:
+def fifty(app: Appliance, strategy: str, models: Path) -> tuple[int, int]:
     """50 requests naming the new model, sent as soon as the swap is accepted: (answered by it, failed)."""
-    put(app, "fifty", model="acme/fifty-1", served_model_name="fifty-1", wait=True, strategy="restart")
-    put(app, "fifty", model="acme/fifty-2", served_model_name="fifty-2", strategy=strategy)
+    new = str(models / "fifty-2")
+    put(app, "fifty", model=str(models / "fifty-1"), served_model_name="fifty-1", wait=True, strategy="restart")
+    put(app, "fifty", model=new, served_model_name="fifty-2", strategy=strategy)
     answers: list[tuple[int, str]] = []
 
     def one() -> None:
@@ -81,23 +82,28 @@ def fifty(app: Appliance, strategy: str) -> tuple[int, int]:
         thread.join(timeout=150)
     with app.client() as client:
         client.delete(app.portal_url("/api/instances/fifty"))
-    return sum(1 for a in answers if a == (200, "acme/fifty-2")), sum(1 for a in answers if a[0] != 200)
+    return sum(1 for a in answers if a == (200, new)), sum(1 for a in answers if a[0] != 200)
 
 
 def main() -> None:
     rows, fifties = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        app = Appliance(Path(tmp) / "app", {"VLLM_MODEL": "acme/tiny-chat", "FAKE_VLLM_START_DELAY": START_DELAY})
+        models = Path(tmp) / "models"  # local folders: the stand-in serves them without the Hub
+        for name in ("default", "chat-a", "chat-b", "fifty-1", "fifty-2"):
+            (models / name).mkdir(parents=True)
+        app = Appliance(Path(tmp) / "app", {"VLLM_MODEL": str(models / "default"),
+                                            "FAKE_VLLM_START_DELAY": START_DELAY})
         app.start()
         try:
             for n, strategy in enumerate(("blue_green", "restart")):
-                put(app, "chat", model=f"acme/chat-{n}a", served_model_name="chat", wait=True, strategy="restart")
+                old, new = (models / "chat-a", models / "chat-b") if n == 0 else (models / "chat-b", models / "chat-a")
+                put(app, "chat", model=str(old), served_model_name="chat", wait=True, strategy="restart")
                 load = Load(app, "chat")
-                new = {"model": f"acme/chat-{n}b", "served_model_name": "chat", "strategy": strategy, "wait": True}
-                requests, failed, gap, took = load.run_during(lambda new=new: put(app, "chat", **new))
+                body = {"model": str(new), "served_model_name": "chat", "strategy": strategy, "wait": True}
+                requests, failed, gap, took = load.run_during(lambda body=body: put(app, "chat", **body))
                 rows.append([strategy, CLIENTS, requests, failed, f"{gap:.3f}", f"{took:.2f}"])
             for strategy in ("blue_green", "restart"):
-                new, failed = fifty(app, strategy)
+                new, failed = fifty(app, strategy, models)
                 fifties.append([strategy, 50, new, failed])
         finally:
             app.stop()
