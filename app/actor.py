@@ -19,6 +19,7 @@ release the router's queue. A stop, restart or delete drains first too: no reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import xmlrpc.client
 from typing import TYPE_CHECKING, Any
@@ -161,11 +162,17 @@ class InstanceActor:
         if command.strategy == "blue_green" and old is not None and self.rt.phase == Phase.READY:
             return await strategies.blue_green(self, command, old)
         await room.make_room(self, new)
-        serving = old is not None and self.rt.phase in RUNNING
+        async with self._drained():
+            return await self._restart_swap(command, new, old)
+
+    @contextlib.asynccontextmanager
+    async def _drained(self):
+        """While its engine runs: the router holds new requests and lets the ones in flight finish; released after."""
+        serving = self.rt.phase in RUNNING
         if serving:
             await self.manager.traffic.drain(self.id)
         try:
-            return await self._restart_swap(command, new, old)
+            yield
         finally:
             if serving:
                 await self.manager.traffic.release(self.id)
@@ -266,33 +273,21 @@ class InstanceActor:
 
     async def _stop(self, command: Command, reason: str | None = None) -> dict:
         config = self._config()
-        serving = self.rt.phase in RUNNING
-        if serving:
-            await self.manager.traffic.drain(self.id)
-        try:
+        async with self._drained():
             self._set(Phase.STOPPING, reason)
             await self.fx.stop(self.program)
             self._set(Phase.STOPPED, reason)
-        finally:
-            if serving:
-                await self.manager.traffic.release(self.id)
         return self.manager.view_of(self, config)
 
     async def _restart(self, command: Command) -> dict:
         config = self._config()
         self.manager.check_ownership(config, self)
         await room.make_room(self, config)
-        serving = self.rt.phase in RUNNING
-        if serving:
-            await self.manager.traffic.drain(self.id)
-        try:
+        async with self._drained():
             self._set(Phase.STOPPING)
             await self.fx.stop(self.program)
             self._set(Phase.STOPPED)
             return await self._start(command)
-        finally:
-            if serving:
-                await self.manager.traffic.release(self.id)
 
     async def _yield(self, command: Command) -> dict:
         """Another instance (command.config) needs these GPUs: sleep, or drain and stop. A pinned one refuses."""
