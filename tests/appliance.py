@@ -77,8 +77,13 @@ class Appliance:
     def wait_portal(self, timeout: float = 60) -> None:
         self._wait(lambda: self.client().get(self.portal_url("/api/health")).status_code == 200, timeout, "portal")
 
-    def wait_engine(self, timeout: float = 60) -> None:
-        self._wait(lambda: self.client().get(self.api_url("/v1/models")).status_code == 200, timeout, "engine")
+    def wait_engine(self, timeout: float = 60, instance: str = "vllm") -> None:
+        """Until the router lists the instance's served name as ready."""
+        def ready() -> bool:
+            answer = self.client().get(self.api_url("/v1/models"))
+            return answer.status_code == 200 and any(
+                m.get("instance") == instance and m.get("state") == "ready" for m in answer.json()["data"])
+        self._wait(ready, timeout, "engine")
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
