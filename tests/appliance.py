@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -54,6 +55,9 @@ class Appliance:
             "PORTAL_CONFIG": (f"localhost:{self.portal_port}:{self.portal_internal}:/:Instance Portal|"
                               f"localhost:{self.api_port}:{self.api_internal}:/docs:vLLM API"),
             "HF_ENDPOINT": os.environ.get("TEST_HF_ENDPOINT", "http://127.0.0.1:9"),
+            # Engine ports of its own, below the kernel's ephemeral range: appliances booted side by side (other
+            # test runs on this machine) do not hand out the same engine port.
+            "ENGINE_PORTS": f"{(base := random.randrange(10000, 32000, 50))}-{base + 49}",
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

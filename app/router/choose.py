@@ -36,7 +36,10 @@ def replicas(state: State, name: str | None) -> list[Route]:
         table = state.table
         route = state.routes.get(table.default) if table else None
         return [route] if route else []
-    return state.by_name.get(name, [])
+    found = state.by_name.get(name)
+    if found is None and name in state.learned:
+        found = [state.routes[i] for i in state.learned[name] if i in state.routes]
+    return found or []
 
 
 def pick(candidates: list[Route], state: State, exclude: Collection[str] = ()) -> Route | None:

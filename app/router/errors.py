@@ -6,12 +6,14 @@ import json
 
 from aiohttp import web
 
+REASON = web.ResponseKey("reason", str)  # why the router answered itself (its 503 metrics count by it)
+
 
 def error(status: int, message: str, kind: str, code: str, *, retry_after: float | None = None) -> web.Response:
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     response = web.Response(status=status, text=body, content_type="application/json", headers=headers)
-    response["reason"] = code  # for the router's metrics
+    response[REASON] = code
     return response
 
 

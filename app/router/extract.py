@@ -64,3 +64,23 @@ def model_of(content_type: str | None, body: bytes) -> str | None:
     if kind == "application/json" or kind.endswith("+json") or body[:1] in (b"{", b" ", b"\n", b"\r", b"\t"):
         return from_json(body)
     return None
+
+
+def with_model(content_type: str | None, body: bytes, model: str) -> bytes:
+    """The body with its `model` replaced (an alias becomes the name the engine serves); other fields unchanged."""
+    kind, params = _content_type(content_type or "")
+    if kind == "multipart/form-data":
+        delimiter = b"--" + params["boundary"].encode("latin-1")
+        parts = body.split(delimiter)
+        for i, part in enumerate(parts[1:], 1):
+            head, sep, value = part.partition(b"\r\n\r\n")
+            headers = BytesHeaderParser().parsebytes(head.lstrip(b"\r\n") + b"\r\n\r\n")
+            disposition = Message()
+            disposition["content-disposition"] = headers.get("content-disposition", "")
+            if sep and disposition.get_param("name", header="content-disposition") == "model":
+                parts[i] = head + sep + model.encode() + (b"\r\n" if value.endswith(b"\r\n") else b"")
+                return delimiter.join(parts)
+        return body
+    data = json.loads(body)
+    data["model"] = model
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

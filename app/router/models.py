@@ -35,11 +35,23 @@ async def _engine_models(session: aiohttp.ClientSession, route: Route) -> list[d
         return []
 
 
-async def listing(state: State, session: aiohttp.ClientSession) -> dict:
+async def engines(state: State, session: aiohttp.ClientSession) -> dict[str, list[dict]]:
+    """What each ready engine lists (concurrently); the names only engines know are learned for routing."""
     routes = state.table.routes if state.table else []
     ready = [r for r in routes if r.phase == Phase.READY]
     listed = await asyncio.gather(*(_engine_models(session, r) for r in ready))
     from_engines = {r.id: entries for r, entries in zip(ready, listed, strict=True)}
+    learned: dict[str, list[str]] = {}
+    for instance_id, entries in from_engines.items():
+        for entry in entries:
+            learned.setdefault(entry["id"], []).append(instance_id)
+    state.learn(learned)
+    return from_engines
+
+
+async def listing(state: State, session: aiohttp.ClientSession) -> dict:
+    routes = state.table.routes if state.table else []
+    from_engines = await engines(state, session)
     now = int(time.time())
     entries: dict[str, dict] = {}
     for route in routes:

@@ -18,8 +18,8 @@ from multidict import CIMultiDict
 
 from app.routing_table import Route
 
-from . import errors
-from .extract import model_of
+from . import errors, models
+from .extract import model_of, with_model
 from .queueing import Starter, wait_for_route
 from .state import State
 from .stats import Stats
@@ -27,6 +27,7 @@ from .stats import Stats
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "proxy-connection"))
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}  # the client sets these for the engine's connection
+LOOKUP_EVERY = 1.0  # seconds between two lookups of unknown names in the engines' lists
 TAIL_CHUNKS = 3  # the response's last chunks kept for its `usage`
 
 
@@ -44,6 +45,15 @@ def forward_headers(headers, skip: frozenset[str]) -> CIMultiDict:
 class Proxy:
     def __init__(self, state: State, stats: Stats, starter: Starter, session: aiohttp.ClientSession, max_body: int):
         self.state, self.stats, self.starter, self.session, self.max_body = state, stats, starter, session, max_body
+        self._looked_up = 0.0
+        self._lookup: asyncio.Task | None = None
+
+    async def lookup(self) -> None:
+        """Ask the ready engines what they serve (LoRA adapters), at most once a second, shared by all requests."""
+        if self._lookup is None or (self._lookup.done() and time.monotonic() - self._looked_up > LOOKUP_EVERY):
+            self._looked_up = time.monotonic()
+            self._lookup = asyncio.get_running_loop().create_task(models.engines(self.state, self.session))
+        await asyncio.shield(self._lookup)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started, started_wall = time.perf_counter(), time.time()
@@ -59,13 +69,16 @@ class Proxy:
         headers = forward_headers(request.headers, NOT_FORWARDED)
         refused: set[str] = set()
         while True:
-            route = await wait_for_route(self.state, self.starter, model, frozenset(refused))
+            route = await wait_for_route(self.state, self.starter, model, frozenset(refused), self.lookup)
             if isinstance(route, web.Response):
                 self.stats.record(model, None, request.path, route.status, started, started_wall, None,
-                                  reason=route.get("reason"))
+                                  reason=route.get(errors.REASON))
                 return route
+            sent = body
+            if model is not None and model != route.names[0] and model in route.names:
+                sent = with_model(request.headers.get("content-type"), body, route.names[0])  # an alias
             try:
-                return await self.forward(request, route, headers, body, model, started, started_wall)
+                return await self.forward(request, route, headers, sent, model, started, started_wall)
             except aiohttp.ClientConnectorError:
                 refused.add(route.id)  # nothing was sent: another replica may take it
 

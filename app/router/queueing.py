@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -65,9 +66,10 @@ def _wait_hint(route: Route) -> str:
     return f"instance `{route.id}` (model `{route.names[0]}`)"
 
 
-async def wait_for_route(state: State, starter: Starter, name: str | None,
-                         exclude: frozenset[str] = frozenset()) -> Route | web.Response:
-    """The route to send the request to, once there is one; or the error answer (404, 503)."""
+async def wait_for_route(state: State, starter: Starter, name: str | None, exclude: frozenset[str] = frozenset(),
+                         lookup: Callable[[], Awaitable[None]] | None = None) -> Route | web.Response:
+    """The route to send the request to, once there is one; or the error answer (404, 503). `lookup` asks the
+    engines for names the table lacks (LoRA adapters), once, before a name is called unknown."""
     deadline = time.monotonic() + NO_TABLE_WAIT
     while state.table is None:
         if not await state.wait_change(deadline - time.monotonic()):
@@ -79,6 +81,10 @@ async def wait_for_route(state: State, starter: Starter, name: str | None,
         while True:
             decision = decide(state, name, exclude)
             if decision.action == "unknown":
+                if lookup is not None and name is not None:
+                    await lookup()
+                    lookup = None
+                    continue
                 return errors.model_not_found(name, state.names())
             route = decision.route
             assert route is not None

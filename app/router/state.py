@@ -35,6 +35,7 @@ class State:
         self.by_name: dict[str, list[Route]] = {}
         self.loads: dict[str, Load] = {}
         self.held: set[str] = set()
+        self.learned: dict[str, list[str]] = {}  # names only engines know (LoRA adapters) -> instance ids
         self._changed = asyncio.Event()
         self._idle: dict[str, asyncio.Event] = {}  # drains waiting for an instance's last request to end
         if table is not None:
@@ -48,10 +49,15 @@ class State:
             for name in route.names:
                 by_name.setdefault(name, []).append(route)
         self.table, self.routes, self.by_name = table, {r.id: r for r in table.routes}, by_name
+        self.learned = {}
         self.changed()
 
     def names(self) -> list[str]:
-        return list(self.by_name)
+        return list(self.by_name) + [n for n in self.learned if n not in self.by_name]
+
+    def learn(self, names: dict[str, list[str]]) -> None:
+        """Names the engines list beyond the table's (LoRA adapters loaded into them), with who serves each."""
+        self.learned = {n: ids for n, ids in names.items() if n not in self.by_name}
 
     def load(self, instance_id: str) -> Load:
         load = self.loads.get(instance_id)
