@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(60.0, alias="DRAIN_TIMEOUT", ge=0, le=86400,
         description="Seconds a stop, swap or restart (and making room for another instance) waits for the requests "
                     "in flight on an engine to finish before it stops the engine; new requests queue meanwhile.")
+    router_max_body_mb: int = Field(100, ge=1, le=10240, alias="ROUTER_MAX_BODY_MB",
+        description="The largest request body (MiB) the router on the API port accepts (it reads the body to find "
+                    "its `model`); a larger one gets 413.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
         description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is "
                     "installed; start it with `supervisorctl start ray`.")
