@@ -38,8 +38,8 @@ class Load:
                 with self.lock:
                     self.done.append((started, time.monotonic(), status, engine))
 
-    def run_during(self, action) -> tuple[int, int, float, float]:
-        """(requests, failed, longest gap s during the action, the action's seconds)."""
+    def run_during(self, action) -> tuple[int, str, float, float]:
+        """(requests, failed (with their kinds), longest gap s during the action, the action's seconds)."""
         for thread in self.threads:
             thread.start()
         time.sleep(2.0)  # steady state
@@ -52,7 +52,14 @@ class Load:
             thread.join(timeout=150)
         ends = sorted(d[1] for d in self.done if d[2] == 200 and begin - 1 <= d[1] <= begin + took + 1)
         gap = max((b - a for a, b in zip(ends, ends[1:], strict=False)), default=0.0)
-        return len(self.done), sum(1 for d in self.done if d[2] != 200), gap, took
+        kinds: dict[str, int] = {}
+        for d in self.done:
+            if d[2] != 200:
+                kind = str(d[2]) if d[2] else d[3].split("(")[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+        failed = sum(kinds.values())
+        said = f"{failed} ({', '.join(f'{n} {k}' for k, n in kinds.items())})" if failed else "0"
+        return len(self.done), said, gap, took
 
 
 def put(app: Appliance, instance: str, **body) -> dict:
@@ -114,7 +121,10 @@ def main() -> None:
             + table(["strategy", "clients", "requests", "failed", "longest gap s", "swap s"], rows)
             + "\n\n50 requests naming the new model, sent the moment a swap to it is accepted (`wait=false`):\n\n"
             + table(["strategy", "sent", "answered by the new model", "failed"], fifties)
-            + "\n\nTargets: 0 failed requests; no gap with blue/green; with restart the added wait is the engine's "
+            + "\n\nA `RemoteProtocolError` is a request dropped by Caddy's reload (blue/green moves the engine's port, "
+            "so the per-instance route changes): a reload closes idle HTTP/1.1 keep-alive connections, and a request "
+            "sent on one at that moment is lost (see [routing](routing.md#swap-strategies)); none failed in the router."
+            "\n\nTargets: 0 failed requests; no gap with blue/green; with restart the added wait is the engine's "
             "start; 50 of 50 from the new model.")
     write_section("swap_load", "Swaps under load (router)", body, "python -m bench swap_load")
 
