@@ -90,8 +90,11 @@ class InstanceActor:
         return self.rt.phase in OWNING or any(self.queued.get(k) for k in ("swap", "policy", "start", "restart"))
 
     def shown_phase(self) -> Phase:
-        """The phase to show: `starting` as soon as a swap is accepted, before the actor takes it up."""
-        return Phase.STARTING if self.queued.get("swap") else self.rt.phase
+        """The phase to show: `starting` as soon as a swap is accepted, before the actor takes it up, and while a
+        blue/green swap's new engine starts (the old one serving meanwhile is the routing table's business)."""
+        blue_green = self.desired is not None and self.desired_strategy == "blue_green" and \
+            not self.desired.same_engine(self.manager.store.get(self.id))
+        return Phase.STARTING if self.queued.get("swap") or blue_green else self.rt.phase
 
     # --- the loop --------------------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -158,7 +161,7 @@ class InstanceActor:
         new, old = command.config, self.manager.store.get(self.id)
         assert new is not None
         if new.same_engine(old) and self.rt.phase in RUNNING:
-            return await strategies.keep_engine(self, new)
+            return await strategies.keep_engine(self, command)
         if command.strategy == "blue_green" and old is not None and self.rt.phase == Phase.READY:
             return await strategies.blue_green(self, command, old)
         await room.make_room(self, new)

@@ -88,10 +88,18 @@ def choose(manager: Manager, new: InstanceConfig, request: InstanceRequest) -> s
 
 
 # --- the steps, run by the instance's actor ----------------------------------------------------------------------
-async def keep_engine(actor: InstanceActor, new: InstanceConfig) -> dict:
-    """Only policy fields changed: save and publish the table; the engine runs on untouched."""
+async def keep_engine(actor: InstanceActor, command: Command) -> dict:
+    """Only policy fields changed: save and publish the table; the engine runs on untouched (one still starting is
+    waited for, as a swap would be)."""
+    new = command.config
+    assert new is not None
     actor.save(new)
     actor.manager.publish()
+    if actor.rt.phase == Phase.STARTING:
+        ok, reason = await actor._wait_ready(new, command.timeout)
+        if reason == SUPERSEDED:
+            return actor.superseded(new)
+        actor._set(Phase.READY if ok else Phase.FAILED, None if ok else reason)
     return {**actor.manager.view_of(actor, new), "result": actor.rt.phase.value, "engine": "kept"}
 
 

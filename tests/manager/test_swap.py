@@ -44,7 +44,7 @@ def wait_for(predicate, timeout=30.0):
 def test_swap_serves_the_new_model_on_the_same_port(api):
     appliance, client = api
     port = client.get(appliance.portal_url("/api/instances/vllm")).json()["port"]
-    response = put(appliance, client, "vllm", model="acme/second-model", wait=True)
+    response = put(appliance, client, "vllm", model="acme/second-model", wait=True, strategy="restart")
     assert response.status_code == 200, response.text
     assert response.json()["result"] == "ready"
     assert served(appliance, client) == ["acme/second-model"]

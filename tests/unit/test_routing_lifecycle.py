@@ -254,7 +254,8 @@ def test_the_routing_table_shows_an_accepted_swap_at_once(tmp_path):
         await manager.swap("a", InstanceRequest(model="acme/a", strategy="restart", wait=True))  # back
         green = await manager.swap("a", InstanceRequest(model="acme/slow-b", timeout=0.5))
         old, new = manager.table().routes
-        assert (old.id, old.names, old.port, old.phase) == ("a", ["acme/a"], old_port, Phase.READY)
+        assert manager.view(manager.get("a"))["state"] == "starting"  # the API shows the swap under way ...
+        assert (old.id, old.names, old.port, old.phase) == ("a", ["acme/a"], old_port, Phase.READY)  # ... it serves
         assert (new.id, new.names, new.port, new.phase, new.on_demand) == (
             "a_green", ["acme/slow-b"], green["port"], Phase.STARTING, False)
         while manager.actors["a"].desired is not None:
