@@ -26,7 +26,8 @@ from .stats import Stats
 
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "proxy-connection"))
-NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}  # the client sets these for the engine's connection
+# The client sets these for the engine's connection; the body is read already, so no `Expect: 100-continue`.
+NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 LOOKUP_EVERY = 1.0  # seconds between two lookups of unknown names in the engines' lists
 TAIL_CHUNKS = 3  # the response's last chunks kept for its `usage`
 
