@@ -47,7 +47,7 @@ def pick(candidates: list[Route], state: State, exclude: Collection[str] = ()) -
     """The ready replica, not held and not excluded, with the fewest requests in flight (then the fewest sent)."""
     best, best_key = None, None
     for route in candidates:
-        if route.phase != Phase.READY or route.id in state.held or route.id in exclude:
+        if not state.ready(route) or route.id in state.held or route.id in exclude:
             continue
         load = state.load(route.id)
         key = (load.in_flight, load.sent)
@@ -66,8 +66,8 @@ def decide(state: State, name: str | None, exclude: Collection[str] = ()) -> Dec
     for route in candidates:
         if route.phase in ON_ITS_WAY or route.id in state.held:  # held: the manager works on it; never start it
             return Decision("queue", route)
-    if any(r.phase == Phase.READY for r in candidates):
-        return Decision("unreachable", next(r for r in candidates if r.phase == Phase.READY))
+    if any(state.ready(r) for r in candidates):
+        return Decision("unreachable", next(r for r in candidates if state.ready(r)))
     for route in candidates:
         if route.on_demand:
             return Decision("start", route)
