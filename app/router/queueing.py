@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from app.instance import Phase
 from app.routing_table import Route
 
 from . import errors
 from .choose import decide
 from .state import State
 
+PROBE_EVERY = 0.05  # seconds between two looks at an engine this router started on demand
+PROBE_GIVE_UP = 10.0  # ... given up when the manager answered and the table still does not say `starting`
 NO_TABLE_WAIT = 30.0  # seconds a request waits for the first table (the router started before the manager published)
 
 
@@ -31,12 +34,17 @@ class Starter:
         self.state, self.session = state, session
         self.tasks: dict[str, asyncio.Task] = {}
         self.refused: dict[str, str] = {}  # instance id -> the manager's answer to its last start
+        self.probes: dict[str, asyncio.Task] = {}
 
     def start(self, instance_id: str) -> None:
         task = self.tasks.get(instance_id)
         if task is None or task.done():
             self.refused.pop(instance_id, None)
-            self.tasks[instance_id] = asyncio.get_running_loop().create_task(self._start(instance_id))
+            loop = asyncio.get_running_loop()
+            self.tasks[instance_id] = loop.create_task(self._start(instance_id))
+            probe = self.probes.get(instance_id)
+            if probe is None or probe.done():
+                self.probes[instance_id] = loop.create_task(self._probe(instance_id))
 
     def busy(self, instance_id: str) -> bool:
         task = self.tasks.get(instance_id)
@@ -58,8 +66,37 @@ class Starter:
                     self.refused[instance_id] = f"the manager refused to start it: {str(text)[:300]}"
         except (aiohttp.ClientError, OSError) as exc:
             self.refused[instance_id] = f"the manager could not be asked to start it ({exc.__class__.__name__})"
-        finally:
-            self.state.changed()  # the waiting requests look again (a refusal ends their wait)
+        self.state.changed()  # the waiting requests look again (a refusal ends their wait)
+
+    async def _probe(self, instance_id: str) -> None:
+        """Until the table says the engine this router started is ready (or no longer starting), ask the engine
+        itself, every PROBE_EVERY s, as the manager does (/health, and /v1/models listing its served name): the
+        queued requests go the moment it answers, not at the manager's next reading."""
+        started = time.monotonic()
+        while True:
+            route = self.state.routes.get(instance_id)
+            asked = self.tasks.get(instance_id)
+            if route is None or route.phase not in (Phase.STOPPED, Phase.FAILED, Phase.STARTING) \
+                    or time.monotonic() - started > route.queue_timeout or instance_id in self.refused \
+                    or (route.phase != Phase.STARTING and asked is not None and asked.done()
+                        and time.monotonic() - started > PROBE_GIVE_UP):
+                return
+            if route.phase == Phase.STARTING and await self._answers(route):
+                self.state.probed_ready(instance_id)
+                return
+            await asyncio.sleep(PROBE_EVERY)
+
+    async def _answers(self, route: Route) -> bool:
+        base, timeout = f"http://127.0.0.1:{route.port}", aiohttp.ClientTimeout(total=1)
+        try:
+            async with self.session.get(f"{base}/health", timeout=timeout) as health:
+                if health.status != 200:
+                    return False
+            async with self.session.get(f"{base}/v1/models", timeout=timeout) as listed:
+                data = (await listed.json(content_type=None)).get("data", [])
+            return any(isinstance(m, dict) and m.get("id") == route.names[0] for m in data)
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return False
 
 
 def _wait_hint(route: Route) -> str:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from app import routing_table
+from app.instance import Phase
 from app.routing_table import Route, Table
 from app.settings import Settings
 
@@ -36,6 +37,7 @@ class State:
         self.loads: dict[str, Load] = {}
         self.held: set[str] = set()
         self.learned: dict[str, list[str]] = {}  # names only engines know (LoRA adapters) -> instance ids
+        self.probed: set[str] = set()  # started on demand, answering already, the table says `starting` still
         self._changed = asyncio.Event()
         self._idle: dict[str, asyncio.Event] = {}  # drains waiting for an instance's last request to end
         if table is not None:
@@ -50,7 +52,16 @@ class State:
                 by_name.setdefault(name, []).append(route)
         self.table, self.routes, self.by_name = table, {r.id: r for r in table.routes}, by_name
         self.learned = {}
+        self.probed = {i for i in self.probed if i in self.routes and self.routes[i].phase == Phase.STARTING}
         self.changed()
+
+    def probed_ready(self, instance_id: str) -> None:
+        """An engine this router started answers as ready before the manager's table says so: route to it."""
+        self.probed.add(instance_id)
+        self.changed()
+
+    def ready(self, route: Route) -> bool:
+        return route.phase == Phase.READY or (route.id in self.probed and route.phase == Phase.STARTING)
 
     def names(self) -> list[str]:
         return list(self.by_name) + [n for n in self.learned if n not in self.by_name]
