@@ -43,15 +43,25 @@ class Effects:
         return self.supervisor.explain(exc)
 
     # --- program files -------------------------------------------------------------------------------------------
-    def write_program(self, config: InstanceConfig, autostart: bool = True) -> bool:
-        """Render the instance's program file; False when the file already runs this command and environment."""
-        program = engine.program(self.settings, config, gpu_count=gpu.gpu_count(), autostart=autostart)
-        path = render.program_path(self.settings, config.id)
+    def write_program(self, config: InstanceConfig, autostart: bool = True, name: str | None = None) -> bool:
+        """Render the instance's program file (`name`: blue/green's other program); False when the file already
+        runs this command and environment."""
+        program = engine.program(self.settings, config, gpu_count=gpu.gpu_count(), autostart=autostart, name=name)
+        path = render.program_path(self.settings, program.name)
         current = path.read_text() if path.exists() else None
         if current is not None and render.same_program(current, program):
             return False
         render.write_program(self.settings, program)
         return True
+
+    def current_program(self, config: InstanceConfig, names: tuple[str, ...]) -> str | None:
+        """Which of these program files runs this config (after a blue/green swap it may be `<id>_b`)."""
+        for name in names:
+            path = render.program_path(self.settings, name)
+            program = engine.program(self.settings, config, gpu_count=gpu.gpu_count(), name=name)
+            if path.exists() and render.same_program(path.read_text(), program):
+                return name
+        return None
 
     def remove_program(self, name: str) -> None:
         render.program_path(self.settings, name).unlink(missing_ok=True)
@@ -71,6 +81,23 @@ class Effects:
             return any(m.get("id") == config.name_served for m in models.get("data", []))
         except (httpx.HTTPError, ValueError, AttributeError):
             return False
+
+    async def sleep_engine(self, config: InstanceConfig, level: int = 1) -> None:
+        """vLLM's sleep mode on loopback (the engine runs with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1)."""
+        answer = await self.http.post(f"http://127.0.0.1:{config.port}/sleep", params={"level": level}, timeout=120)
+        answer.raise_for_status()
+
+    async def wake_engine(self, config: InstanceConfig) -> None:
+        answer = await self.http.post(f"http://127.0.0.1:{config.port}/wake_up", timeout=300)
+        answer.raise_for_status()
+
+    async def is_sleeping(self, config: InstanceConfig) -> bool | None:
+        """vLLM's /is_sleeping; None when the engine does not answer it."""
+        try:
+            answer = await self.http.get(f"http://127.0.0.1:{config.port}/is_sleeping")
+            return bool(answer.json()["is_sleeping"]) if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
 
     # --- Caddy ---------------------------------------------------------------------------------------------------
     async def reload_routes(self, configs: list[InstanceConfig]) -> None:

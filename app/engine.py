@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app import gpu, multinode
+from app.instance import SLEEP_MODE
 from app.provisioning.record import engine_env
 
 PARALLEL_OPTIONS = ("--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
@@ -32,6 +33,8 @@ def environment(settings, config) -> dict[str, str]:
         env["HF_TOKEN"] = settings.hf_token
     if config.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
+    if has_option(config.args, SLEEP_MODE):  # vLLM serves /sleep, /wake_up, /is_sleeping only in its dev mode
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # (loopback only: Caddy never routes those paths, see render.DEV_PATHS)
     return {**env, **engine_env(settings), **config.env}  # + the manifest's and boot hooks' env (saved at boot)
 
 
@@ -48,8 +51,10 @@ def check_environment(settings, config) -> None:
     environment_line(environment(settings, config))
 
 
-def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
-    """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured."""
+def program(settings, config, *, gpu_count: int = 0, autostart: bool = True, name: str | None = None):
+    """The supervisor program of an instance. Parallel size: the GPUs it was given, else all GPUs if so configured.
+    `name`: the program's name when it is not the instance id (blue/green's second program, `<id>_b`); it logs
+    to the instance's log all the same."""
     from app.render import ENGINE_NOTE, Program
     args = list(config.args)
     if config.served_model_name and not has_option(args, "--served-model-name"):
@@ -60,10 +65,11 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True):
     env = environment(settings, config)
     plan = multinode.engine_plan(settings, config, gpu.gpu_count()) if settings.appliance_role == "head" else None
     if plan is None:
-        return Program(name=config.id, argv=argv, environment=env, autostart=autostart, startsecs=5,
-                       stopwaitsecs=30, priority=900, note=ENGINE_NOTE)
+        return Program(name=name or config.id, log=config.id, argv=argv, environment=env, autostart=autostart,
+                       startsecs=5, stopwaitsecs=30, priority=900, note=ENGINE_NOTE)
     # Across the cluster: its guard starts it only with its nodes there, and ends it (status GUARD_EXIT, not
     # restarted by supervisor: the manager starts it again when the nodes are back) when one leaves.
-    return Program(name=config.id, argv=multinode.guarded(argv + plan.args, plan), environment={**plan.env, **env},
-                   autostart=autostart, autorestart="unexpected", exitcodes=str(multinode.GUARD_EXIT), startsecs=5,
+    return Program(name=name or config.id, log=config.id, argv=multinode.guarded(argv + plan.args, plan),
+                   environment={**plan.env, **env}, autostart=autostart, autorestart="unexpected",
+                   exitcodes=str(multinode.GUARD_EXIT), startsecs=5,
                    stopwaitsecs=30, priority=900, note=ENGINE_NOTE)

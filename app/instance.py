@@ -31,9 +31,11 @@ class Phase(StrEnum):
     READY = "ready"        # /health answers and /v1/models lists the model
     STOPPING = "stopping"
     FAILED = "failed"
+    SLEEPING = "sleeping"  # the engine runs with its weights off the GPU (vLLM's sleep mode, level 1)
 
 
 OWNING = {Phase.STARTING, Phase.READY, Phase.STOPPING}  # an instance in these phases holds its GPUs
+SLEEP_MODE = "--enable-sleep-mode"  # vLLM's flag: the engine can be put to sleep and woken (strategy `sleep`)
 
 
 def option_value(args: list[str], name: str) -> str | None:

@@ -14,27 +14,30 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, cluster, engine, provisioning, routing_table
+from app import boot_record, cluster, engine, provisioning, room, routing_table, strategies
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
-from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
+from app.instance import InstanceConfig, InstanceRequest, Phase, error_message, option_value
 from app.portal_config import Ports
 from app.router_client import RouterClient
 from app.settings import Settings
 from app.state import Store
+from app.traffic import Traffic
 
 __all__ = ["InstanceError", "Manager"]
 
 
 class Manager:
-    def __init__(self, settings: Settings, fx: Effects | None = None):
+    def __init__(self, settings: Settings, fx: Effects | None = None, router: RouterClient | None = None):
         self.settings = settings
         self.fx = fx or Effects(settings)
         self.store = Store(settings)
         self.actors: dict[str, InstanceActor] = {}
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
-        self.router = RouterClient(settings)
+        self.router = router or RouterClient(settings)
+        self.traffic = Traffic(settings, self.router)  # the router's counts, drain and release
         self._publishing: asyncio.Task | None = None
+        self._dirty = False  # a change not published yet
 
     @property
     def ports(self) -> Ports:
@@ -70,6 +73,11 @@ class Manager:
             raise InstanceError(404, f"no instance {instance_id!r}")
         return config
 
+    def program_of(self, instance_id: str) -> str:
+        """The supervisor program that runs the instance's engine (`<id>`, or `<id>_b` after a blue/green swap)."""
+        actor = self.actors.get(instance_id)
+        return actor.program if actor else instance_id
+
     def view(self, config: InstanceConfig) -> dict:
         return self.view_of(self.actors.get(config.id), config)
 
@@ -85,6 +93,7 @@ class Manager:
                 "restarts": rt.restarts if rt else 0, "pid": rt.pid if rt and rt.pid and owning else None,
                 "uptime": round(time.time() - rt.since, 1) if rt and phase == Phase.READY else None,
                 "command": engine.program(self.settings, config, gpu_count=self.fx.gpu_count()).argv}
+        view["in_flight"], view["queued"] = self.traffic.counts(config.id)  # the router's; null while it is down
         if phase in (Phase.STARTING, Phase.FAILED):
             view["last_log"] = self.fx.last_log(config.id)
         return view
@@ -107,29 +116,26 @@ class Manager:
         return holders
 
     # --- validating and claiming -----------------------------------------------------------------------------------
-    def build(self, instance_id: str, request: InstanceRequest) -> InstanceConfig:
-        """A request as a config (ValueError: bad input; InstanceError 409: a port or GPU is taken)."""
+    def build(self, instance_id: str, request: InstanceRequest, *, make_room: bool = True) -> InstanceConfig:
+        """A request as a config (ValueError: bad input; InstanceError 409: a port is taken, or a GPU by a pinned
+        instance, or by any other one without `make_room`)."""
         claims = self.known()
         port = request.port
         if port is None and option_value(request.args, "--port") is None:
-            port = (self.ports.api_port if instance_id == DEFAULT_INSTANCE
-                    else claims[instance_id].port if instance_id in claims else self.free_port(claims))
+            port = claims[instance_id].port if instance_id in claims else self.free_port(claims)
         config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                 gpus=request.gpus, share_gpus=request.share_gpus,
                                 served_model_name=request.served_model_name, port=port,
                                 **request.policy(claims.get(instance_id)))
-        if instance_id == DEFAULT_INSTANCE and config.port != self.ports.api_port:
-            raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.ports.api_port}, from "
-                             "PORTAL_CONFIG); leave the port out")
         engine.check_environment(self.settings, config)  # what supervisor could not carry
         self.check_gpus_exist(config)
         cluster.check(self, config)  # a worker runs no engine; more GPUs than the cluster has: 409
-        self.check_ownership(config, self.actors.get(instance_id), claims)
+        self.check_ownership(config, self.actors.get(instance_id), claims, make_room=make_room)
         return config
 
     def free_port(self, claims: dict[str, InstanceConfig]) -> int:
         """The first port of ENGINE_PORTS that no instance claims, the appliance does not use and nothing listens on."""
-        taken = {c.port for c in claims.values()} | set(self.ports.taken())
+        taken = {c.port for c in claims.values()} | set(self.ports.taken()) | self.busy_ports()
         for port in self.settings.engine_port_range:
             if port in taken:
                 continue
@@ -140,6 +146,11 @@ class Manager:
                     continue
             return port
         raise InstanceError(409, f"no free port left in ENGINE_PORTS ({self.settings.engine_ports})")
+
+    def busy_ports(self) -> set[int]:
+        """Ports of engines that run still, beyond the claims: saved ports, and blue/green's old engines."""
+        return {c.port for c in self.store.instances.values()} | {
+            a.retiring_port for a in self.actors.values() if a.retiring_port}
 
     def check_gpus_exist(self, config: InstanceConfig) -> None:
         if not config.gpus:
@@ -153,45 +164,58 @@ class Manager:
             raise ValueError(f"GPU {missing[0]} does not exist: there are {count} GPUs (0-{count - 1})")
 
     def check_ownership(self, config: InstanceConfig, mine: InstanceActor | None,
-                        claims: dict[str, InstanceConfig] | None = None) -> None:
+                        claims: dict[str, InstanceConfig] | None = None, *, make_room: bool = True) -> list[str]:
         """409 if another instance has this port, or (while it runs or is about to) one of these GPUs and they do
-        not both share."""
+        not both share, and it is pinned or making room is not asked for. Returns the instances to stop to make
+        room (app/room.py)."""
         claims = self.known() if claims is None else claims
         taken = self.ports.taken()
-        if config.id != DEFAULT_INSTANCE and config.port in taken:
+        if config.port in taken:  # `vllm` too: the router listens on the API's internal port
             raise InstanceError(409, f"port {config.port} is {taken[config.port]}; choose another or leave it out")
-        count = self.fx.gpu_count()
-        wanted = set(config.gpus) if config.gpus is not None else set(range(count))
         for other in claims.values():
-            if other.id == config.id:
-                continue
-            if other.port == config.port:
+            if other.id != config.id and other.port == config.port:
                 raise InstanceError(409, f"port {config.port} is used by instance {other.id!r}")
-            actor = self.actors.get(other.id)
-            if actor is None or actor is mine or not actor.claims_gpus:
-                continue
-            theirs = set(other.gpus) if other.gpus is not None else set(range(count))
-            shared = wanted & theirs
-            if shared and not (config.share_gpus and other.share_gpus):
-                raise InstanceError(409, f"GPU {min(shared)} is owned by instance {other.id!r} "
-                                         "(set share_gpus on both to share it)")
+        for actor in self.actors.values():
+            if actor.id != config.id and actor.retiring_port == config.port:
+                raise InstanceError(409, f"port {config.port} is used by instance {actor.id!r} (its old engine)")
+        return room.check(self, config, mine, claims, make_room=make_room)
 
     # --- commands ------------------------------------------------------------------------------------------------
-    async def swap(self, instance_id: str, request: InstanceRequest) -> dict:
+    async def swap(self, instance_id: str, request: InstanceRequest, *, make_room: bool = True) -> dict:
+        """Create or swap. `make_room`: stop the instances holding its GPUs (the llm-d and vllm-bootstrap APIs
+        answer 409 instead, as those clients expect)."""
+        if request.strategy == "sleep":
+            request = strategies.with_sleep_mode(request)
         try:
-            config = self.build(instance_id, request)
+            config = self.build(instance_id, request, make_room=make_room)
         except ValueError as exc:
             raise InstanceError(422, error_message(exc)) from None
+        strategy = strategies.choose(self, config, request)
+        if strategy == "blue_green":  # the new engine gets a port of its own; the old one keeps its port meanwhile
+            config = config.model_copy(update={"port": self.free_port(self.known())})
         actor = self.actor(instance_id)
-        done = actor.submit(Command("swap", config, rollback=request.rollback, timeout=request.timeout))
+        kind = "policy" if config.same_engine(self.store.get(instance_id)) and actor.rt.phase in (
+            Phase.STARTING, Phase.READY, Phase.SLEEPING) else "swap"
+        command = Command(kind, config, rollback=request.rollback, timeout=request.timeout, strategy=strategy)
+        done = actor.submit(command, post=False)  # accepted: its claims hold from here
+        accepted = {**self.view_of(actor, config), "accepted": actor.seq}
+        try:  # the router knows before the engine is touched and before the answer: requests for the new model
+            await asyncio.wait_for(asyncio.shield(self.publish()), 5)  # queue instead of getting 404
+        except TimeoutError:
+            pass
+        finally:
+            actor.post(command)
         if request.wait:
             return await asyncio.shield(done)
         done.add_done_callback(_quiet)
-        return {**self.view_of(actor, config), "accepted": actor.seq}
+        return accepted
 
     async def command(self, instance_id: str, kind: str) -> dict:
-        """start, stop, restart or delete; answered once the actor carried it out (or superseded it)."""
-        self.get(instance_id)
+        """start, stop, restart or delete; answered once the actor carried it out (or superseded it). A start or
+        restart onto GPUs held by a pinned instance is refused here, before it is accepted."""
+        config = self.get(instance_id)
+        if kind in ("start", "restart"):
+            self.check_ownership(config, self.actors.get(instance_id))
         return await asyncio.shield(self.actor(instance_id).submit(Command(kind)))
 
     async def start(self, instance_id: str) -> dict:
@@ -211,37 +235,59 @@ class Manager:
 
     # --- the router's table -------------------------------------------------------------------------------------
     def table(self) -> routing_table.Table:
-        routes = [routing_table.Route(id=c.id, names=c.names, port=c.port, phase=self.phase(c.id),
-                                      on_demand=c.on_demand, max_queue=c.max_queue, queue_timeout=c.queue_timeout)
-                  for c in self.store.instances.values()]
+        """A route per instance. An accepted swap shows at once: with `restart`, the new names, `starting` (requests
+        for it queue); with `blue_green`, the old engine's route as it is (it serves on) beside one for the new
+        engine (`<id>_green`, starting, never started on demand), so requests naming the new model queue for it."""
+        routes = []
+        for config in self.known().values():
+            saved, actor = self.store.get(config.id), self.actors.get(config.id)
+            phase = actor.rt.phase if actor else Phase.STOPPED
+            if actor is None or actor.desired is None or config.same_engine(saved):
+                routes.append(_route(config, config.id, phase))
+            elif actor.desired_strategy == "blue_green" and saved is not None:
+                routes += [_route(saved, config.id, phase), _route(config, f"{config.id}_green", Phase.STARTING,
+                                                                   on_demand=False)]
+            else:
+                routes.append(_route(config, config.id, Phase.STARTING))
         return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
 
-    def publish(self) -> None:
+    def publish(self) -> asyncio.Task:
         """Something the router routes by may have changed: publish the table soon (coalesced; actors call this
-        on every phase change and must not wait for it)."""
+        on every phase change and must not wait for it). The task ends once the router has the latest table."""
+        self._dirty = True
         if self._publishing is None or self._publishing.done():
             self._publishing = asyncio.get_running_loop().create_task(self._publish())
+        return self._publishing
 
     async def _publish(self) -> None:
-        await asyncio.sleep(0)  # let the changes of this turn of the loop land first
-        table = self.table()
-        try:
-            changed = routing_table.write(self.settings, table)
-        except OSError as exc:
-            print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
-            changed = True
-        if changed:
+        while self._dirty:
+            self._dirty = False
+            await asyncio.sleep(0)  # let the changes of this turn of the loop land first
+            table = self.table()
             try:
-                await self.router.push(table)
-            except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
-                print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its start",
-                      flush=True)
+                changed = routing_table.write(self.settings, table)
+            except OSError as exc:
+                print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
+                changed = True
+            if changed:
+                try:
+                    await self.router.push(table)
+                except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
+                    print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its "
+                          "start", flush=True)
 
     # --- following supervisor ----------------------------------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:
         """Read supervisor once a second and send every actor its reading. A failure is logged once, not every round,
         and so is the recovery from it."""
         failing = None
+        watching = asyncio.get_running_loop().create_task(self.traffic.watch())  # the router's counts, each second
+        try:
+            await self._monitor(interval, failing)
+        finally:
+            watching.cancel()
+
+    async def _monitor(self, interval: float, failing: str | None) -> None:
         while True:
             try:
                 await self.observe()
@@ -260,7 +306,8 @@ class Manager:
         infos = await self.fx.processes()
         waiting = provisioning.waiting(self.settings)  # engines held back until provisioning ends
         for instance_id in self.store.instances:
-            self.actor(instance_id).observe(Observation(infos.get(instance_id), taken_at, instance_id in waiting))
+            actor = self.actor(instance_id)
+            actor.observe(Observation(infos.get(actor.program), taken_at, instance_id in waiting))
 
     async def reconcile(self) -> None:
         """At the manager's start: make supervisor's programs and Caddy's routes match the saved state again.
@@ -269,12 +316,17 @@ class Manager:
         process group replaced; unchanged programs are left alone; programs of deleted instances are removed.
         """
         saved = self.store.instances
-        names = set(saved)
+        programs = {}  # instance -> its program: after a blue/green swap `<id>_b`, the file that runs the saved config
+        for config in saved.values():
+            slots = (config.id, strategies.other_program(config.id, config.id))
+            programs[config.id] = self.fx.current_program(config, slots) or config.id
+        names = set(programs.values())
         for name in self.fx.rendered_engines() - names:
             self.fx.remove_program(name)
             names.add(name)
         for config in saved.values():
-            self.fx.write_program(config, autostart=config.id not in self.held)
+            self.actor(config.id).program = programs[config.id]
+            self.fx.write_program(config, autostart=config.id not in self.held, name=programs[config.id])
         added, changed, removed = await self.fx.apply(names)
         if added or changed or removed:
             print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "
@@ -290,6 +342,12 @@ class Manager:
             actor.task.cancel()
         await self.router.aclose()
         await self.fx.aclose()
+
+
+def _route(config: InstanceConfig, route_id: str, phase: Phase, on_demand: bool | None = None) -> routing_table.Route:
+    return routing_table.Route(id=route_id, names=config.names, port=config.port, phase=phase,
+                               on_demand=config.on_demand if on_demand is None else on_demand,
+                               max_queue=config.max_queue, queue_timeout=config.queue_timeout)
 
 
 def _quiet(done: asyncio.Future) -> None:

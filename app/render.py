@@ -43,6 +43,7 @@ class Program:
     priority: int = 500
     note: str = "do not edit: changes are lost at the next boot"
     directory: str | None = None  # working folder; None: the appliance's home
+    log: str | None = None  # the log's name (<log_dir>/<log>.log); None: the program's name
 
 
 @dataclass
@@ -65,6 +66,14 @@ ADMIN_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instan
                     "/instances/*/v1/unload_lora_adapter"]
 # vllm-bootstrap's REST control plane, served by the manager at the root of the API port (app/api/bootstrap.py).
 BOOTSTRAP_PATHS = ["/launch", "/status/*", "/stop/*", "/logs/*", "/stats"]
+# vLLM's development and control routes (sleep mode, RPC, caches, weights, profiling, scaling): the manager uses
+# some of them on loopback; Caddy answers 404 for every one of them, at the root and under /instances/<id>/.
+DEV_PATHS = ["/sleep", "/wake_up", "/is_sleeping", "/collective_rpc", "/reset_prefix_cache", "/reset_mm_cache",
+             "/reset_encoder_cache", "/release_kv_cache_memory", "/server_info", "/pause", "/resume", "/is_paused",
+             "/abort_requests", "/init_weight_transfer_engine", "/shutdown_weight_transfer_engine", "/update_weights",
+             "/update_weight_version", "/start_weight_update", "/start_draft_weight_update", "/finish_weight_update",
+             "/weight_checker", "/weight_info", "/get_world_size", "/start_profile", "/stop_profile",
+             "/scale_elastic_ep", "/is_scaling_elastic_ep", "/fault_tolerance"]
 UPSTREAM_IDLE = "2s"  # below uvicorn's 5 s keep-alive timeout
 
 
@@ -117,7 +126,7 @@ def program_conf(settings: Settings, program: Program) -> str:
         p=program, marker=MARKER, note=program.note, command=command_line(program.argv),
         environment=environment_line(program.environment),
         directory=supervisor_escape(program.directory or str(settings.home)),
-        logfile=supervisor_escape(str(settings.log_dir / f"{program.name}.log")))
+        logfile=supervisor_escape(str(settings.log_dir / f"{program.log or program.name}.log")))
 
 
 def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
@@ -133,7 +142,8 @@ def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
 
 
 def caddy_routes(settings: Settings, instances) -> str:
-    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances)
+    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances,
+                                                                           dev_paths=DEV_PATHS)
 
 
 def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: list[str], keys: list[str],

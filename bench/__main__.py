@@ -4,8 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["proxy", "boot", "memory", "swap", "stats_logs", "streams", "caches", "metrics", "bootstrap_embed",
-              "multinode"]
+BENCHMARKS = ["proxy", "router", "boot", "memory", "swap", "swap_load", "stats_logs", "streams", "caches",
+              "metrics", "bootstrap_embed", "multinode"]
 
 
 def main(names: list[str]) -> None:

@@ -36,7 +36,7 @@ OPTION = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 # `task` as the installed vLLM (0.10 and later) takes it: `--task` is gone; `generate` is its default runner.
 TASK_ARGS = {"generate": [], "embed": ["--runner", "pooling", "--convert", "embed"]}
 STATES = {Phase.WAITING: "bootstrapping", Phase.STARTING: "bootstrapping", Phase.READY: "ready",
-          Phase.STOPPING: "stopping", Phase.FAILED: "failed"}
+          Phase.STOPPING: "stopping", Phase.FAILED: "failed", Phase.SLEEPING: "stopped"}
 _stopping: dict[str, asyncio.Task] = {}
 
 
@@ -143,7 +143,8 @@ async def launch(request: Request, body: LaunchBody):
         return error(422, str(exc))
     launch_id = f"launch-{secrets.token_hex(6)}"
     try:
-        await manager.swap(launch_id, InstanceRequest(model=body.model, args=args, gpus=body.gpu_ids, rollback=False))
+        await manager.swap(launch_id, InstanceRequest(model=body.model, args=args, gpus=body.gpu_ids, rollback=False),
+                           make_room=False)
     except InstanceError as exc:
         return error(exc.status, exc.message)
     except ValueError as exc:  # InstanceRequest's own checks (args)

@@ -81,8 +81,9 @@ async def service_action(request: Request, name: str, action: str):
     supervisor = manager.fx.supervisor
     if action not in ("start", "stop", "restart"):
         return error(404, f"unknown action {action!r}: use start, stop or restart")
-    if name in manager.store.instances:  # an engine: through the manager, so its state and restart count stay right
-        return await call(getattr(manager, action)(name))
+    instance = next((i for i in manager.store.instances if manager.program_of(i) == name), None)
+    if instance:  # an engine (`<id>`, or `<id>_b` after a blue/green swap): through the manager, so its state and
+        return await call(getattr(manager, action)(instance))  # restart count stay right
     if await asyncio.to_thread(supervisor.info, name) is None:
         return error(404, f"no program {name!r}")
     if name in PROTECTED and action != "start":

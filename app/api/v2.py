@@ -94,7 +94,7 @@ async def launch(request: Request, name: str, body: LaunchRequest):
         if instance_id in manager.known():
             return error(409, f"instance {name!r} already exists")
         try:
-            await manager.swap(instance_id, swap)
+            await manager.swap(instance_id, swap, make_room=False)
         except InstanceError as exc:  # 422 bad input; 409 a port or GPU taken; 507 and others: not created
             status = exc.status if exc.status < 500 else 500
             return error(status, exc.message if status < 500 else f"failed to create the instance: {exc.message}")

@@ -77,8 +77,8 @@ def instance_id(name: str) -> str:
 
 
 def launcher_status(phase: Phase | str) -> str:
-    """`running` while the engine process is up (starting, ready, stopping), else `stopped`."""
-    return "running" if Phase(phase) in OWNING else "stopped"
+    """`running` while the engine process is up (starting, ready, stopping, sleeping), else `stopped`."""
+    return "running" if Phase(phase) in OWNING or Phase(phase) == Phase.SLEEPING else "stopped"
 
 
 def options_of(config: dict[str, Any]) -> str:
@@ -183,7 +183,8 @@ class Llmd:
             if record.status is None or (status == "running" and (record.status != status or record.config != dump)):
                 kind, extra = "CREATED", {}  # new, started again, or swapped: its current object
             elif status == "stopped" and record.status == "running":
-                info = await self.manager.fx.info(instance_id) or {}  # an exit status only if it exited by itself
+                # an exit status only if it exited by itself
+                info = await self.manager.fx.info(self.manager.program_of(instance_id)) or {}
                 kind, extra = "STOPPED", {"exit_code": info.get("exitstatus") if info.get("statename") == "EXITED"
                                           else None}
             else:

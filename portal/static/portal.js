@@ -127,6 +127,8 @@ function instanceCard(i) {
       (lines.length ? `<pre class="lines">${esc(lines[lines.length - 1])}</pre>` : "");
   } else if (i.state === "waiting") {
     detail = `<p class="small">${esc(i.reason)} — <a href="/logs?name=provisioning">provisioning log</a></p>`;
+  } else if (i.state === "sleeping" || (i.state === "stopped" && i.reason)) {
+    detail = `<p class="small muted">${esc(i.reason || "")}</p>`;
   } else if (i.state === "failed") {
     detail = `<p class="small"><strong>Failed:</strong> ${esc(i.reason)}</p><pre class="lines">${esc(lines.slice(-12).join("\n"))}</pre>`;
   } else if (i.state === "ready" && apiPort) {

@@ -269,3 +269,32 @@ def test_log_every(fake):
     time.sleep(0.6)
     assert f.stdout().count("Avg prompt throughput: 0.0 tokens/s") >= 3
     assert f.stop()[0] == 0
+
+
+def test_sleep_mode_endpoints_as_vllm_serves_them(fake):
+    """vLLM attaches /sleep, /wake_up and /is_sleeping only with VLLM_SERVER_DEV_MODE=1, and can sleep only with
+    --enable-sleep-mode; asleep, a request waits until the engine is woken (its scheduler is paused)."""
+    plain = fake("m")
+    plain.wait_healthy()
+    assert plain.request("POST", "/sleep")[0] == 404 and plain.request("GET", "/is_sleeping")[0] == 404
+    no_mode = fake("m", env={"VLLM_SERVER_DEV_MODE": "1"})
+    no_mode.wait_healthy()
+    assert no_mode.request("POST", "/sleep?level=1")[0] == 500
+    f = fake("m", "--enable-sleep-mode", env={"VLLM_SERVER_DEV_MODE": "1"})
+    f.wait_healthy()
+    assert json.loads(f.request("GET", "/is_sleeping")[2]) == {"is_sleeping": False}
+    assert f.request("POST", "/sleep?level=3")[0] == 422
+    status, _, raw = f.request("POST", "/sleep?level=1")
+    assert status == 200 and json.loads(raw) == {"status": "sleeping", "level": 1}
+    assert json.loads(f.request("GET", "/is_sleeping")[2]) == {"is_sleeping": True}
+    assert f.request("GET", "/health")[0] == 200 and f.request("GET", "/v1/models")[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=5)
+    conn.request("POST", "/v1/completions", json.dumps({"model": "m", "prompt": "hi"}))
+    conn.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # waits while asleep
+        conn.getresponse()
+    status, _, raw = f.request("POST", "/wake_up")
+    assert status == 200 and json.loads(raw) == {"status": "awake", "tags": None}
+    conn.sock.settimeout(5)
+    assert conn.getresponse().status == 200  # ... and is served once woken
+    assert json.loads(f.request("GET", "/is_sleeping")[2]) == {"is_sleeping": False}

@@ -1,6 +1,7 @@
 """A fake outside world for the lifecycle (the interface of app/effects.py): supervisor, engines, files, Caddy,
-GPUs, logs and the Hub, all in memory. Engines follow their model's name: `fail` never gets ready (its process
-exits), `slow` is never healthy, anything else is healthy once running."""
+GPUs, logs and the Hub, all in memory, and a fake router (its counts, drain and release). Engines follow their
+model's name: `fail` never gets ready (its process exits), `slow` is never healthy, anything else is healthy once
+running; an engine with --enable-sleep-mode can be put to sleep and woken."""
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +27,7 @@ class FakeEffects:
         self.hub_answers: list[Answer] = []
         self.spawn_errors: dict[str, str] = {}
         self.read_gate: asyncio.Event | None = None  # when set: processes() waits for it after reading
+        self.asleep: set[int] = set()  # ports of engines put to sleep
 
     # supervisor
     def _info(self, name: str) -> dict:
@@ -66,9 +68,12 @@ class FakeEffects:
         return repr(exc)
 
     # files
-    def write_program(self, config: InstanceConfig, autostart: bool = True) -> bool:
-        self.programs[config.id], self.autostart[config.id] = config, autostart
+    def write_program(self, config: InstanceConfig, autostart: bool = True, name: str | None = None) -> bool:
+        self.programs[name or config.id], self.autostart[name or config.id] = config, autostart
         return True
+
+    def current_program(self, config: InstanceConfig, names) -> str | None:
+        return next((n for n in names if self.programs.get(n) == config), None)
 
     def remove_program(self, name: str) -> None:
         self.programs.pop(name, None)
@@ -78,10 +83,22 @@ class FakeEffects:
 
     # engines, Caddy, GPUs, logs, Hub
     async def healthy(self, config: InstanceConfig) -> bool:
-        info = self.procs.get(config.id, {})
-        running = self.programs.get(config.id)
-        return (info.get("statename") == "RUNNING" and running is not None and running.model == config.model
-                and "slow" not in config.model)
+        """Some running program serves this model on this port."""
+        return "slow" not in config.model and any(
+            self.procs.get(name, {}).get("statename") == "RUNNING" and c.model == config.model and c.port == config.port
+            for name, c in self.programs.items())
+
+    async def sleep_engine(self, config: InstanceConfig, level: int = 1) -> None:
+        self.calls.append(("sleep", config.id))
+        assert "--enable-sleep-mode" in config.args
+        self.asleep.add(config.port)
+
+    async def wake_engine(self, config: InstanceConfig) -> None:
+        self.calls.append(("wake", config.id))
+        self.asleep.discard(config.port)
+
+    async def is_sleeping(self, config: InstanceConfig) -> bool | None:
+        return config.port in self.asleep
 
     async def reload_routes(self, configs) -> None:
         self.routes_reloads += 1
@@ -111,12 +128,57 @@ class FakeEffects:
         pass
 
 
+class FakeRouter:
+    """The router's control socket (app/router_client.py) in memory. `in_flight[id]` / `ports[id][port]` are set by
+    a test; a drain waits (up to its timeout) until the test empties them. `down`: every call fails."""
+
+    def __init__(self, fx: FakeEffects):
+        self.fx = fx
+        self.in_flight: dict[str, int] = {}
+        self.queued: dict[str, int] = {}
+        self.last_active: dict[str, float] = {}
+        self.ports: dict[str, dict[int, int]] = {}
+        self.down = False
+        self.tables: list = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError("router down")
+
+    async def push(self, table) -> None:
+        self._check()
+        self.tables.append(table)
+
+    async def status(self) -> dict[str, dict]:
+        self._check()
+        ids = set(self.in_flight) | set(self.queued) | set(self.last_active) | set(self.ports)
+        return {i: {"in_flight": self.in_flight.get(i, 0), "queued": self.queued.get(i, 0),
+                    "last_active": self.last_active.get(i, 0.0),
+                    "ports": {str(p): n for p, n in self.ports.get(i, {}).items()}} for i in ids}
+
+    async def drain(self, instance_id: str, timeout: float) -> int:
+        self._check()
+        self.fx.calls.append(("drain", instance_id))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight.get(instance_id) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return self.in_flight.get(instance_id, 0)
+
+    async def release(self, instance_id: str) -> None:
+        self._check()
+        self.fx.calls.append(("release", instance_id))
+
+    async def aclose(self) -> None:
+        pass
+
+
 def make_manager(tmp_path, gpus: int = 0, **settings) -> tuple[Manager, FakeEffects]:
     config = Settings(APPLIANCE_ROOT=str(tmp_path), **settings)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     fx = FakeEffects(gpus)
-    return Manager(config, fx), fx  # type: ignore[arg-type]
+    fx.router = FakeRouter(fx)
+    return Manager(config, fx, fx.router), fx  # type: ignore[arg-type]
 
 
 async def settle(manager: Manager) -> None:

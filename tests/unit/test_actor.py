@@ -33,7 +33,7 @@ def test_a_failed_swap_rolls_back_to_the_previous_model(tmp_path):
     async def scenario():
         manager, fx = make_manager(tmp_path)
         await manager.swap("vllm", request("acme/a", wait=True))
-        answer = await manager.swap("vllm", request("acme/fail-load", wait=True))
+        answer = await manager.swap("vllm", request("acme/fail-load", wait=True, strategy="restart"))
         assert answer["result"] == "rolled back" and "the engine exited" in answer["error"]
         assert answer["failed_log"] == ["vllm: last line"]
         assert manager.store.get("vllm").model == "acme/a" and fx.procs["vllm"]["statename"] == "RUNNING"
@@ -55,7 +55,7 @@ def test_a_swap_that_times_out_rolls_back(tmp_path):
     async def scenario():
         manager, _ = make_manager(tmp_path)
         await manager.swap("vllm", request("acme/a", wait=True))
-        answer = await manager.swap("vllm", request("acme/slow-start", wait=True, timeout=0.3))
+        answer = await manager.swap("vllm", request("acme/slow-start", wait=True, timeout=0.3, strategy="restart"))
         assert answer["result"] == "rolled back" and answer["error"] == "not ready after 0.3 s"
     run(scenario())
 

@@ -71,7 +71,7 @@ def test_what_was_given_is_echoed_until_a_swap_through_api_replaces_it(tmp_path)
         described = llmd.describe(manager.known()["one"])
         assert described["options"] == "--model acme/a  --port 9001" and described["annotations"] == {"k": "v"}
         assert "env_vars" not in described and "gpu_uuids" not in described
-        await manager.swap("one", InstanceRequest(model="acme/b", wait=True))
+        await manager.swap("one", InstanceRequest(model="acme/b", wait=True, strategy="restart"))  # keeps the port
         await llmd.sync()
         replaced = llmd.describe(manager.known()["one"])
         assert replaced["options"] == "--model acme/b --port 9001" and "annotations" not in replaced
