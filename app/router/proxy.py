@@ -15,6 +15,7 @@ import time
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from app.routing_table import Route
 
@@ -91,7 +92,7 @@ class Proxy:
         state.begin(route)
         status, ttft, tail, prepared = 502, None, b"", False
         try:
-            url = f"http://127.0.0.1:{route.port}{request.rel_url}"
+            url = URL(f"http://127.0.0.1:{route.port}{request.raw_path}", encoded=True)  # the path as sent
             async with self.session.request(request.method, url, headers=headers, data=body or None,
                                             allow_redirects=False) as upstream:
                 status = upstream.status

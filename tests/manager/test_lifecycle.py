@@ -42,7 +42,7 @@ def test_the_api_choice_survives_a_restart_until_the_environment_changes(boot):
     app.stop()
     app.start()
     with app.client() as client:
-        assert served(app, client) == ["acme/from-api"]
+        assert served(app, client, "/instances/vllm") == ["acme/from-api"]  # /v1 (the router) lists `extra` too
         assert sorted(i["id"] for i in client.get(app.portal_url("/api/instances")).json()) == ["extra", "vllm"]
         wait_for(lambda: client.get(app.api_url("/instances/extra/v1/models")).status_code == 200)
     assert "serving the model chosen through the API for `vllm`: acme/from-api" in app.output()
@@ -50,7 +50,7 @@ def test_the_api_choice_survives_a_restart_until_the_environment_changes(boot):
     app.env["VLLM_MODEL"] = "acme/new-env"  # the user changed the template: the environment wins for `vllm`
     app.start()
     with app.client() as client:
-        assert served(app, client) == ["acme/new-env"]
+        assert served(app, client, "/instances/vllm") == ["acme/new-env"]
         assert sorted(i["id"] for i in client.get(app.portal_url("/api/instances")).json()) == ["extra", "vllm"]
 
 

@@ -121,3 +121,41 @@ def test_a_client_that_goes_away_ends_the_engines_request(routed):
             httpx.get(f"http://127.0.0.1:{port}/metrics").text:
         assert time.monotonic() < deadline, "the engine still generates for a client that left"
         time.sleep(0.02)
+
+
+def test_a_drain_lets_the_stream_in_flight_finish_and_queues_new_requests_until_released(routed):
+    body = {"model": "acme/tiny-chat", "stream": True, "max_tokens": 16,
+            "messages": [{"role": "user", "content": "a b c d e f g h i j k l m n o p"}]}
+
+    def stream():
+        with routed.client(timeout=30) as client, \
+                client.stream("POST", routed.api_url("/v1/chat/completions"), json=body) as answer:
+            return answer.status_code, [line for line in answer.iter_lines() if line.startswith("data:")]
+
+    def ask():
+        with routed.client(timeout=30) as client:
+            return chat(client, routed, "acme/tiny-chat")
+
+    def drain():
+        with control(routed) as other:
+            return other.post("/drain/vllm", params={"timeout": 20}).json()
+
+    def until(condition):
+        deadline = time.monotonic() + 5
+        while not condition(router.get("/status").json()["instances"]["vllm"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(3) as pool, control(routed) as router:
+        streaming = pool.submit(stream)
+        until(lambda s: s["in_flight"] == 1)
+        drained = pool.submit(drain)
+        until(lambda s: s["held"])
+        later = pool.submit(ask)
+        until(lambda s: s["queued"] == 1)
+        assert drained.result(timeout=20) == {"in_flight": 0}  # answered once the stream had ended
+        status, events = streaming.result()
+        assert status == 200 and events[-1] == "data: [DONE]"  # nothing cut mid-stream
+        assert not later.done()  # still held
+        router.post("/release/vllm")
+        assert later.result(timeout=10).status_code == 200

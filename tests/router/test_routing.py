@@ -30,10 +30,11 @@ def test_requests_go_to_the_engine_serving_their_model_or_alias(routed):
 def test_a_request_without_model_goes_to_the_default_instance(routed):
     with routed.client() as client:
         reply = chat(client, routed, None)
-        version = client.get(routed.api_url("/version"))
+        version = client.get(routed.api_url("/version?q=a%2Fb%20c"))
     assert reply.status_code == 200 and "from acme/tiny-chat" in reply.json()["choices"][0]["message"]["content"]
     assert version.status_code == 200 and version.json()["version"]
-    assert "GET /version" in routed.log("vllm") and "GET /version" not in routed.log("coder")
+    assert "GET /version?q=a%2Fb%20c HTTP/1.1" in routed.log("vllm")  # the path and query as sent
+    assert "GET /version" not in routed.log("coder")
 
 
 def test_an_unknown_model_is_404_with_an_openai_error_naming_the_models(routed):

@@ -205,3 +205,9 @@ def test_the_table_file_is_followed_when_it_changes(tmp_path):
         assert (await asyncio.wait_for(waiting, 2)).id == "vllm"
         follower.cancel()
     asyncio.run(run())
+
+
+def test_the_control_socket_takes_instance_and_green_route_ids_only():
+    from app.router.control import ROUTE_ID
+    assert all(ROUTE_ID.fullmatch(i) for i in ("vllm", "coder-2", "vllm_green"))
+    assert not any(ROUTE_ID.fullmatch(i) for i in ("../x", "VLLM", "a b", "_green", "x" * 40))
