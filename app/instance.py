@@ -72,6 +72,30 @@ def model_reference(value: str, *, check_folder: bool = True) -> str:
 
 
 MAX_ALIASES = 16
+MAX_LORA = 64
+# A LoRA adapter's name: what a request's `model` names; plain, so it fits vLLM's `--lora-modules name=path`.
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def lora_adapter(name: str, path: str, *, taken: list[str] = (), check_folder: bool = True) -> None:
+    """One adapter: a plain name no other model of the instance has, a path like a model (a Hub id or a folder)."""
+    if not LORA_NAME.fullmatch(name):
+        raise ValueError(f"LoRA adapter name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+    if name in taken:
+        raise ValueError(f"LoRA adapter name {name!r} is already a name of the instance's model")
+    if "," in path:  # vLLM reads `name=path` only without a comma (else JSON)
+        raise ValueError(f"LoRA adapter {name!r}: the path must not contain ','")
+    try:
+        model_reference(path, check_folder=check_folder)
+    except ValueError as exc:
+        raise ValueError(f"LoRA adapter {name!r}: {str(exc).replace('model ', 'path ', 1)}") from None
+
+
+def lora_adapters(adapters: dict[str, str], *, taken: list[str], check_folder: bool = True) -> None:
+    if len(adapters) > MAX_LORA:
+        raise ValueError(f"at most {MAX_LORA} LoRA adapters")
+    for name, path in adapters.items():
+        lora_adapter(name, path, taken=taken, check_folder=check_folder)
 
 
 class Policy(BaseModel):
@@ -118,6 +142,8 @@ class InstanceConfig(Policy):
     share_gpus: bool = False
     port: int = Field(ge=1024, le=65535)
     served_model_name: str | None = None
+    lora: dict[str, str] | None = Field(None, description="LoRA adapters loaded at start, name -> Hub id or local "
+                                        "folder; {} enables LoRA with none (load them at runtime); null: off")
 
     @model_validator(mode="before")
     @classmethod
@@ -182,6 +208,17 @@ class InstanceConfig(Policy):
     def _served(cls, value: str | None) -> str | None:
         return None if value is None else validation.model_name(value)
 
+    @model_validator(mode="after")
+    def _lora(self, info: ValidationInfo) -> InstanceConfig:
+        if self.lora is not None:
+            try:
+                lora_adapters(self.lora, taken=self.names, check_folder=(info.context or {}).get("check_folder", True))
+            except ValueError as exc:
+                raise ValueError(f"lora: {exc}") from None
+        if any(arg.split("=", 1)[0] == "--lora-modules" for arg in self.args):
+            raise ValueError("--lora-modules is not allowed in args: give the adapters as `lora` (name -> path)")
+        return self
+
     @property
     def name_served(self) -> str:
         """The model name /v1/models lists: --served-model-name if given, else the model."""
@@ -210,6 +247,8 @@ class InstanceRequest(BaseModel):
     share_gpus: bool = False
     served_model_name: str | None = None
     port: int | None = None
+    lora: dict[str, str] | None = Field(None, description="LoRA adapters, name -> Hub id or local folder; {}: LoRA "
+                                        "on with none loaded at start; null: off")
     wait: bool = False
     rollback: bool = True
     timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")

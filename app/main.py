@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, gpu, guard, portal
-from app.api import bootstrap, caddy, instances, logs, metrics, v2, v2_single
+from app.api import apps, bootstrap, caddy, instances, logs, lora, metrics, v2, v2_single
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
 from app.settings import get_settings
@@ -37,7 +37,9 @@ app = FastAPI(title="vLLM appliance manager", docs_url=None, openapi_url="/api/o
 app.add_middleware(guard.Guard)  # Host check, same-site forgery check, security headers (app/guard.py)
 api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
+app.include_router(lora.router)  # before instances: its POST .../lora is not an action
 app.include_router(instances.router)
+app.include_router(apps.router)
 app.include_router(caddy.router)
 app.include_router(logs.router)
 app.include_router(v2.router)

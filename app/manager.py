@@ -14,7 +14,7 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, engine, provisioning, routing_table
+from app import boot_record, engine, lora, provisioning, routing_table
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
 from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
@@ -34,6 +34,7 @@ class Manager:
         self.actors: dict[str, InstanceActor] = {}
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
         self.router = RouterClient(settings)
+        self.lora = lora.Runtime()  # LoRA adapters loaded and unloaded at runtime (app/api/lora.py)
         self._publishing: asyncio.Task | None = None
 
     @property
@@ -93,6 +94,10 @@ class Manager:
         actor = self.actors.get(instance_id)
         return actor.shown_phase() if actor else Phase.STOPPED
 
+    def pid(self, instance_id: str) -> int | None:
+        actor = self.actors.get(instance_id)
+        return actor.rt.pid if actor else None
+
     def engine_pids(self) -> dict[int, str]:
         return {a.rt.pid: i for i, a in self.actors.items() if a.rt.pid}
 
@@ -116,7 +121,7 @@ class Manager:
                     else claims[instance_id].port if instance_id in claims else self.free_port(claims))
         config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                 gpus=request.gpus, share_gpus=request.share_gpus,
-                                served_model_name=request.served_model_name, port=port,
+                                served_model_name=request.served_model_name, port=port, lora=request.lora,
                                 **request.policy(claims.get(instance_id)))
         if instance_id == DEFAULT_INSTANCE and config.port != self.ports.api_port:
             raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.ports.api_port}, from "
@@ -210,9 +215,12 @@ class Manager:
 
     # --- the router's table -------------------------------------------------------------------------------------
     def table(self) -> routing_table.Table:
-        routes = [routing_table.Route(id=c.id, names=c.names, port=c.port, phase=self.phase(c.id),
-                                      on_demand=c.on_demand, max_queue=c.max_queue, queue_timeout=c.queue_timeout)
-                  for c in self.store.instances.values()]
+        routes = []
+        for c in self.store.instances.values():
+            adapters = self.lora.names(c, self.pid(c.id))  # static and runtime LoRA adapters (app/lora.py)
+            routes.append(routing_table.Route(id=c.id, names=c.names + adapters, adapters=adapters, port=c.port,
+                                              phase=self.phase(c.id), on_demand=c.on_demand, max_queue=c.max_queue,
+                                              queue_timeout=c.queue_timeout))
         return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
 
     def publish(self) -> None:

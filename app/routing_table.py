@@ -17,7 +17,8 @@ from app.settings import Settings
 
 class Route(BaseModel):
     id: str
-    names: list[str]  # the served name first, then the aliases
+    names: list[str]  # the served name first, then the aliases, then the LoRA adapters (every name routed here)
+    adapters: list[str] = Field(default_factory=list)  # which of `names` are LoRA adapters (/v1/models: `parent`)
     port: int  # where the engine answers now (blue/green moves it)
     phase: Phase
     on_demand: bool = True
