@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -77,7 +78,7 @@ MAX_LORA = 64
 LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def lora_adapter(name: str, path: str, *, taken: list[str] = (), check_folder: bool = True) -> None:
+def lora_adapter(name: str, path: str, *, taken: Sequence[str] = (), check_folder: bool = True) -> None:
     """One adapter: a plain name no other model of the instance has, a path like a model (a Hub id or a folder)."""
     if not LORA_NAME.fullmatch(name):
         raise ValueError(f"LoRA adapter name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
