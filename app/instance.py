@@ -7,8 +7,8 @@ the instance's `port`, the model is a Hugging Face id or a local folder, and siz
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
