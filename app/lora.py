@@ -58,7 +58,9 @@ class Runtime:
     def names(self, config: InstanceConfig, pid: int | None) -> list[str]:
         """The adapter names the instance answers to: its static ones (also while it is stopped, so a request
         naming one may start it on demand), less those unloaded, plus those loaded into its engine `pid`."""
-        static = list(config.lora or {}) if lora_enabled(config) else []
+        if not lora_enabled(config):
+            return []
+        static = list(config.lora or {})
         changes = self.changes.get(config.id)
         if changes is None or pid is None or changes.pid != pid:
             return static
