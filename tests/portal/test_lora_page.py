@@ -15,7 +15,8 @@ def lora_instance(portal, tmp_path):  # noqa: F811
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     with app.client(timeout=30) as api:
-        moved = api.put(app.portal_url("/api/instances/vllm"), json={"model": "acme/tiny-chat", "gpus": [0], "wait": True})
+        moved = api.put(app.portal_url("/api/instances/vllm"),
+                        json={"model": "acme/tiny-chat", "gpus": [0], "wait": True})
         assert moved.json()["result"] == "ready", moved.text  # GPU 1 free for the LoRA instance
         answer = api.put(app.portal_url("/api/instances/tuned"),
                          json={"model": "acme/lora-base", "lora": {"static-sql": str(adapter)}, "gpus": [1]})
