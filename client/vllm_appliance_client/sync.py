@@ -13,7 +13,7 @@ import httpx
 
 from vllm_appliance_client import core
 from vllm_appliance_client.core import Progress, Replicas, Result, RetryPolicy
-from vllm_appliance_client.errors import ApplianceError, check
+from vllm_appliance_client.errors import ApplianceError, NotFoundError, check
 
 
 class Appliance:
@@ -74,7 +74,6 @@ class Appliance:
         return [m["id"] for m in check(self.inference.get("/v1/models")).json().get("data", [])]
 
     def require(self, model: str) -> None:
-        from vllm_appliance_client.errors import NotFoundError
         names = self.models()
         if model not in names:
             raise NotFoundError(f"the appliance serves no model {model!r} (it serves {', '.join(names) or 'none'})",
