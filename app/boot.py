@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from app import (
     hub,
     portal_config,
     render,
+    routing_table,
     validation,
 )
 from app.files import write_atomic
-from app.instance import DEFAULT_INSTANCE, InstanceConfig, error_message
+from app.instance import DEFAULT_INSTANCE, InstanceConfig, Phase, error_message
 from app.provisioning.prepare import prepare
 from app.settings import Settings, get_settings
 from app.state import SavedState, Store
@@ -37,23 +39,66 @@ def log(message: str) -> None:
     print(f"[boot] {message}", file=sys.stderr, flush=True)
 
 
-def env_instance(settings: Settings, ports: portal_config.Ports) -> InstanceConfig | None:
-    """The instance `vllm` from VLLM_MODEL / VLLM_ARGS, or None (with the reason in the boot log)."""
+def free_engine_port(settings: Settings, ports: portal_config.Ports, claimed: set[int]) -> int | None:
+    """The first port of ENGINE_PORTS that no instance claims, no app uses and nothing listens on."""
+    taken = claimed | set(ports.taken())
+    for port in settings.engine_port_range:
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return None
+
+
+def env_instance(settings: Settings, ports: portal_config.Ports, saved: SavedState) -> InstanceConfig | None:
+    """The instance `vllm` from VLLM_MODEL / VLLM_ARGS, or None (with the reason in the boot log). Without --port it
+    keeps the engine port it had, or takes a free one of ENGINE_PORTS (the router listens on the API's port)."""
     if not settings.vllm_model:
         log("VLLM_MODEL is empty: no engine at boot; choose a model in the portal or through the API")
         return None
     try:
+        others = {c.port for i, c in saved.instances.items() if i != DEFAULT_INSTANCE}
+        port = None
+        if "--port" not in settings.vllm_args:
+            had = saved.instances.get(DEFAULT_INSTANCE)
+            port = had.port if had and had.port not in others and had.port not in ports.taken() else \
+                free_engine_port(settings, ports, others)
+            if port is None:
+                raise ValueError(f"no free port left in ENGINE_PORTS ({settings.engine_ports})")
         config = InstanceConfig.model_validate(
             {"id": DEFAULT_INSTANCE, "model": settings.vllm_model, "args": validation.split_args(settings.vllm_args),
-             "port": None if "--port" in settings.vllm_args else ports.api_port}, context={"check_folder": False})
-        if config.port != ports.api_port:
-            raise ValueError(f"VLLM_ARGS --port {config.port}: the default engine listens on the vLLM API's internal "
-                             f"port ({ports.api_port}); change the `vLLM API` entry of PORTAL_CONFIG instead")
+             "port": port}, context={"check_folder": False})
+        if config.port in ports.taken():
+            raise ValueError(f"VLLM_ARGS --port {config.port}: that port is {ports.taken()[config.port]}; leave "
+                             "--port out (the engine gets a free one of ENGINE_PORTS)")
+        if config.port in others:
+            raise ValueError(f"VLLM_ARGS --port {config.port}: another instance listens there; leave --port out")
         return config
     except ValueError as exc:
         log(f"ERROR: the engine is not started: {error_message(exc)}. Fix VLLM_MODEL / VLLM_ARGS and restart; "
             "the portal stays up.")
         return None
+
+
+def migrate_default_port(settings: Settings, ports: portal_config.Ports, store: Store) -> None:
+    """Before the router, `vllm` listened on the API's internal port; the router listens there now. A saved `vllm`
+    still on it is given a free engine port (once: the state is saved)."""
+    config = store.instances.get(DEFAULT_INSTANCE)
+    if config is None or config.port != ports.api_port:
+        return
+    others = {c.port for i, c in store.instances.items() if i != DEFAULT_INSTANCE}
+    port = free_engine_port(settings, ports, others)
+    if port is None:
+        log(f"ERROR: `vllm` listens on the API's port {ports.api_port}, where the router listens now, and no port of "
+            f"ENGINE_PORTS ({settings.engine_ports}) is free: widen ENGINE_PORTS")
+        return
+    store.put(config.model_copy(update={"port": port}))
+    log(f"the instance `vllm` moves from the API's internal port {ports.api_port} to engine port {port}: the router "
+        "listens on the API's port now and routes by each request's `model`")
 
 
 def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
@@ -65,12 +110,13 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
     env_now = {"VLLM_MODEL": settings.vllm_model, "VLLM_ARGS": settings.vllm_args}
     if saved.boot_env != env_now:
         instances = {i: c for i, c in saved.instances.items() if i != DEFAULT_INSTANCE}
-        config = env_instance(settings, ports)
+        config = env_instance(settings, ports, saved)
         if config:
             instances[DEFAULT_INSTANCE] = config
         store.save(SavedState(instances=instances, boot_env=env_now))
     elif DEFAULT_INSTANCE in saved.instances:
         log(f"serving the model chosen through the API for `vllm`: {saved.instances[DEFAULT_INSTANCE].model}")
+    migrate_default_port(settings, ports, store)
     gpus = gpu.gpu_count() if store.instances and settings.parallel_on_all_gpus else 0
     programs, held = [], {}
     for config in store.instances.values():
@@ -81,6 +127,9 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
                 "and starts by itself as soon as the Hub answers (state `waiting` in the portal and the API).")
         programs.append(engine.program(settings, config, gpu_count=gpus, autostart=not reason))
     boot_record.write(settings, held)
+    # The router's first table: every engine on its way (the manager publishes the phases as they come).
+    routing_table.write(settings, routing_table.Table(manager_port=ports.manager_port, routes=[
+        routing_table.route(c, Phase.WAITING if c.id in held else Phase.STARTING) for c in store.instances.values()]))
     write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, store.instances.values()))
     return programs
 
@@ -91,6 +140,9 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         render.Program(name="caddy", argv=[sys.executable, "-m", "app.caddy_config", "run"], priority=100),
         # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
         # supervisord's environment, which the entrypoint scrubs of secrets).
+        # The router on the vLLM API's internal port: routes each request to the engine serving its `model`.
+        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10)]
+          if ports.api else []),
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
                        environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),

@@ -17,7 +17,7 @@ import time
 from app import boot_record, engine, lora, provisioning, routing_table
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
-from app.instance import DEFAULT_INSTANCE, InstanceConfig, InstanceRequest, Phase, error_message, option_value
+from app.instance import InstanceConfig, InstanceRequest, Phase, error_message, option_value
 from app.portal_config import Ports
 from app.router_client import RouterClient
 from app.settings import Settings
@@ -117,15 +117,11 @@ class Manager:
         claims = self.known()
         port = request.port
         if port is None and option_value(request.args, "--port") is None:
-            port = (self.ports.api_port if instance_id == DEFAULT_INSTANCE
-                    else claims[instance_id].port if instance_id in claims else self.free_port(claims))
+            port = claims[instance_id].port if instance_id in claims else self.free_port(claims)
         config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                 gpus=request.gpus, share_gpus=request.share_gpus,
                                 served_model_name=request.served_model_name, port=port, lora=request.lora,
                                 **request.policy(claims.get(instance_id)))
-        if instance_id == DEFAULT_INSTANCE and config.port != self.ports.api_port:
-            raise ValueError(f"the port of `vllm` is the vLLM API's internal port ({self.ports.api_port}, from "
-                             "PORTAL_CONFIG); leave the port out")
         engine.check_environment(self.settings, config)  # what supervisor could not carry
         self.check_gpus_exist(config)
         self.check_ownership(config, self.actors.get(instance_id), claims)
@@ -162,7 +158,7 @@ class Manager:
         not both share."""
         claims = self.known() if claims is None else claims
         taken = self.ports.taken()
-        if config.id != DEFAULT_INSTANCE and config.port in taken:
+        if config.port in taken:  # `vllm` too: the router listens on the API's internal port
             raise InstanceError(409, f"port {config.port} is {taken[config.port]}; choose another or leave it out")
         count = self.fx.gpu_count()
         wanted = set(config.gpus) if config.gpus is not None else set(range(count))

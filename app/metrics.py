@@ -125,6 +125,15 @@ def exposition(families: list[Metric]) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(registry)
 
 
+async def router_metrics(router) -> bytes:
+    """The router's own metrics (app/router/stats.py: requests, latency, time to first token, queue depth, in
+    flight, 503s per model), from its control socket; nothing when the router does not answer."""
+    try:
+        return (await asyncio.wait_for(router.metrics(), SCRAPE_TIMEOUT)).encode()
+    except Exception:  # noqa: BLE001 (router down or restarting: its metrics are simply absent)
+        return b""
+
+
 def render(texts: dict[str, str | None], views: list[dict], snapshot: dict) -> bytes:
     """Everything /metrics answers (CPU work: run it in a thread)."""
     up = {instance: text is not None for instance, text in texts.items()}

@@ -11,7 +11,7 @@ import json
 from pydantic import BaseModel, Field
 
 from app.files import write_atomic
-from app.instance import DEFAULT_INSTANCE, Phase
+from app.instance import DEFAULT_INSTANCE, InstanceConfig, Phase
 from app.settings import Settings
 
 
@@ -24,6 +24,11 @@ class Route(BaseModel):
     on_demand: bool = True
     max_queue: int = 100
     queue_timeout: float = 600.0
+
+
+def route(config: InstanceConfig, phase: Phase) -> Route:
+    return Route(id=config.id, names=config.names, port=config.port, phase=phase, on_demand=config.on_demand,
+                 max_queue=config.max_queue, queue_timeout=config.queue_timeout)
 
 
 class Table(BaseModel):

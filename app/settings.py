@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     gpu_release_timeout: float = Field(60.0, alias="GPU_RELEASE_TIMEOUT",
         description="Seconds a swap waits (with NVML) for the old engine's processes to leave its GPUs "
                     "before starting the new one.")
+    router_max_body_mb: int = Field(100, ge=1, le=10240, alias="ROUTER_MAX_BODY_MB",
+        description="The largest request body (MiB) the router on the API port accepts (it reads the body to find "
+                    "its `model`); a larger one gets 413.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
         description="`ray start` arguments for the program `ray` (multi-node serving), rendered where `ray` is "
                     "installed; start it with `supervisorctl start ray`.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -54,6 +55,9 @@ class Appliance:
             "PORTAL_CONFIG": (f"localhost:{self.portal_port}:{self.portal_internal}:/:Instance Portal|"
                               f"localhost:{self.api_port}:{self.api_internal}:/docs:vLLM API"),
             "HF_ENDPOINT": os.environ.get("TEST_HF_ENDPOINT", "http://127.0.0.1:9"),
+            # Engine ports of its own, below the kernel's ephemeral range: appliances booted side by side (other
+            # test runs on this machine) do not hand out the same engine port.
+            "ENGINE_PORTS": f"{(base := random.randrange(10000, 32000, 50))}-{base + 49}",
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -77,8 +81,13 @@ class Appliance:
     def wait_portal(self, timeout: float = 60) -> None:
         self._wait(lambda: self.client().get(self.portal_url("/api/health")).status_code == 200, timeout, "portal")
 
-    def wait_engine(self, timeout: float = 60) -> None:
-        self._wait(lambda: self.client().get(self.api_url("/v1/models")).status_code == 200, timeout, "engine")
+    def wait_engine(self, timeout: float = 60, instance: str = "vllm") -> None:
+        """Until the router lists the instance's served name as ready."""
+        def ready() -> bool:
+            answer = self.client().get(self.api_url("/v1/models"))
+            return answer.status_code == 200 and any(
+                m.get("instance") == instance and m.get("state") == "ready" for m in answer.json()["data"])
+        self._wait(ready, timeout, "engine")
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

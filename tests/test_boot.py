@@ -1,6 +1,8 @@
 """Booting the whole appliance from a checkout: programs, logs, token, certificate, side by side."""
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import stat
 import time
@@ -41,9 +43,12 @@ def test_every_program_runs_and_logs_to_its_file_and_to_stdout(appliance):
     assert "manager | " in output
 
 
-def test_the_engine_gets_the_api_port_and_the_model_cache_in_the_workspace(appliance):
+def test_the_engine_gets_an_engine_port_the_router_the_api_port_and_the_model_cache_the_workspace(appliance):
     conf = (appliance.root / "etc/supervisor/conf.d/vllm.conf").read_text()
-    assert f"--host 127.0.0.1 --port {appliance.api_internal}" in conf
+    first, last = map(int, appliance.env["ENGINE_PORTS"].split("-"))
+    port = int(re.search(r"--host 127.0.0.1 --port (\d+)", conf).group(1))
+    assert first <= port <= last and port != appliance.api_internal
+    assert "-m app.router" in (appliance.root / "etc/supervisor/conf.d/router.conf").read_text()
     assert f'HF_HOME="{appliance.root}/workspace/huggingface"' in conf
     assert "stopasgroup=true" in conf and "killasgroup=true" in conf
 
@@ -112,7 +117,7 @@ def test_hostile_engine_settings_are_refused_and_the_portal_still_comes_up(boot,
     assert "ERROR: the engine is not started" in app.output()
     with app.client() as client:
         assert client.get(app.portal_url("/api/health")).status_code == 200
-    assert set(running(app)) == {"caddy", "grpc-bridge", "logforward", "manager"}
+    assert set(running(app)) == {"caddy", "grpc-bridge", "logforward", "manager", "router"}
     assert not pwned.exists()
 
 
@@ -123,7 +128,7 @@ def test_quotes_percent_and_command_substitution_reach_the_engine_as_plain_text(
     with app.client() as client:
         served = client.get(app.api_url("/v1/models")).json()["data"]
     assert [m["id"] for m in served] == [name]
-    assert set(running(app)) == {"caddy", "grpc-bridge", "logforward", "manager", "vllm"}
+    assert set(running(app)) == {"caddy", "grpc-bridge", "logforward", "manager", "router", "vllm"}
     assert not pwned.exists()
 
 
@@ -171,3 +176,20 @@ def test_supplied_certificate_is_used_instead_of_a_generated_one(boot, tmp_path)
     with app.client() as client:  # trusts only the supplied certificate
         assert client.get(app.portal_url("/api/health")).status_code == 200
     assert not (app.root / "workspace/.appliance/tls/cert.pem").exists()
+
+
+def test_a_saved_vllm_on_the_api_port_moves_to_an_engine_port_at_boot(boot):
+    """State saved before the router: `vllm` listened on the API's internal port, where the router listens now."""
+    app = boot({"VLLM_MODEL": "acme/tiny-chat"}, start=False)
+    saved = app.workspace / ".appliance/instances.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps({"boot_env": {"VLLM_MODEL": "acme/tiny-chat", "VLLM_ARGS": ""}, "instances": {
+        "vllm": {"id": "vllm", "model": "acme/tiny-chat", "port": app.api_internal}}}))
+    app.start()
+    port = json.loads(saved.read_text())["instances"]["vllm"]["port"]
+    assert port != app.api_internal
+    assert f"the instance `vllm` moves from the API's internal port {app.api_internal} to engine port {port}" \
+        in app.output()
+    with app.client() as client:
+        reply = client.post(app.api_url("/v1/completions"), json={"model": "acme/tiny-chat", "prompt": "hi"})
+    assert reply.status_code == 200 and "from acme/tiny-chat" in reply.json()["choices"][0]["text"]

@@ -20,4 +20,4 @@ async def get_metrics(request: Request) -> Response:
     snapshot = await asyncio.to_thread(stats.snapshot, request.app.state.settings.workspace, request.app.state.sampler,
                                        manager.engine_pids(), manager.gpu_holders())
     body = await asyncio.to_thread(metrics.render, texts, views, snapshot)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body + await metrics.router_metrics(manager.router), media_type=metrics.CONTENT_TYPE)

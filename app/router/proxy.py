@@ -1,0 +1,129 @@
+"""The forwarder: every request on the API port that is not GET /v1/models.
+
+The request body is read once (bounded: 413 above ROUTER_MAX_BODY_MB), its `model` looked up, and the request sent
+as it came to the engine chosen for that name; the response is streamed back chunk by chunk as the engine writes it
+(no buffering: SSE events pass at once). Hop-by-hop headers are not forwarded in either direction. A client that
+goes away cancels the handler (handler_cancellation), which closes the engine's connection: the engine sees the
+disconnect and stops generating. A replica that refuses the connection (nothing was sent) is skipped and the next
+one tried.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from app.routing_table import Route
+
+from . import errors, models
+from .extract import model_of, with_model
+from .queueing import Starter, wait_for_route
+from .state import State
+from .stats import Stats
+
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                        "trailers", "transfer-encoding", "upgrade", "proxy-connection"))
+NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}  # the client sets these for the engine's connection
+LOOKUP_EVERY = 1.0  # seconds between two lookups of unknown names in the engines' lists
+TAIL_CHUNKS = 3  # the response's last chunks kept for its `usage`
+
+
+def forward_headers(headers, skip: frozenset[str]) -> CIMultiDict:
+    """The headers less hop-by-hop ones, and less those the Connection header names."""
+    named = {t.strip().lower() for t in headers.get("connection", "").split(",")} if "connection" in headers else ()
+    out: CIMultiDict = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower not in skip and lower not in named:
+            out.add(key, value)
+    return out
+
+
+class Proxy:
+    def __init__(self, state: State, stats: Stats, starter: Starter, session: aiohttp.ClientSession, max_body: int):
+        self.state, self.stats, self.starter, self.session, self.max_body = state, stats, starter, session, max_body
+        self._looked_up = 0.0
+        self._lookup: asyncio.Task | None = None
+
+    async def lookup(self) -> None:
+        """Ask the ready engines what they serve (LoRA adapters), at most once a second, shared by all requests."""
+        if self._lookup is None or (self._lookup.done() and time.monotonic() - self._looked_up > LOOKUP_EVERY):
+            self._looked_up = time.monotonic()
+            self._lookup = asyncio.get_running_loop().create_task(models.engines(self.state, self.session))
+        await asyncio.shield(self._lookup)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started, started_wall = time.perf_counter(), time.time()
+        body = b""
+        if request.body_exists:
+            if (request.content_length or 0) > self.max_body:
+                return errors.too_large(self.max_body)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return errors.too_large(self.max_body)
+        model = model_of(request.headers.get("content-type"), body)
+        headers = forward_headers(request.headers, NOT_FORWARDED)
+        refused: set[str] = set()
+        while True:
+            route = await wait_for_route(self.state, self.starter, model, frozenset(refused), self.lookup)
+            if isinstance(route, web.Response):
+                self.stats.record(model, None, request.path, route.status, started, started_wall, None,
+                                  reason=route.get(errors.REASON))
+                return route
+            sent = body
+            if model is not None and model != route.names[0] and model in route.names:
+                sent = with_model(request.headers.get("content-type"), body, route.names[0])  # an alias
+            try:
+                return await self.forward(request, route, headers, sent, model, started, started_wall)
+            except aiohttp.ClientConnectorError:
+                refused.add(route.id)  # nothing was sent: another replica may take it
+
+    async def forward(self, request: web.Request, route: Route, headers: CIMultiDict, body: bytes,
+                      model: str | None, started: float, started_wall: float) -> web.StreamResponse:
+        state = self.state
+        state.begin(route)
+        status, ttft, tail, prepared = 502, None, b"", False
+        try:
+            url = f"http://127.0.0.1:{route.port}{request.rel_url}"
+            async with self.session.request(request.method, url, headers=headers, data=body or None,
+                                            allow_redirects=False) as upstream:
+                status = upstream.status
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                              headers=forward_headers(upstream.headers, HOP_BY_HOP))
+                if upstream.content_length is not None and "content-encoding" not in upstream.headers:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                prepared = True
+                last: list[bytes] = []
+                async for chunk in upstream.content.iter_any():
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    await response.write(chunk)
+                    last.append(chunk)
+                    if len(last) > TAIL_CHUNKS:
+                        del last[0]
+                await response.write_eof()
+                tail = b"".join(last)
+                return response
+        except aiohttp.ClientConnectorError:
+            status = 0
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the client went away: leaving the `async with` closed the engine's connection
+            raise
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if request.transport is None or request.transport.is_closing():
+                status = 499
+                raise
+            if not prepared:
+                status = 502
+                return errors.bad_gateway(f"The engine of instance `{route.id}` failed: {exc.__class__.__name__}.")
+            raise  # mid-stream: the client's connection is closed, as the engine's was
+        finally:
+            state.end(route)
+            if status:
+                self.stats.record(model, route.id, request.path, status, started, started_wall, ttft, tail)

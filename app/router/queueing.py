@@ -1,0 +1,125 @@
+"""Waiting for an instance: the bounded queue, and the on-demand start through the manager.
+
+A request whose instance is not ready waits here, bounded by the instance's `max_queue` (requests waiting at once)
+and `queue_timeout` (seconds one may wait). It does not poll: every new table, drain or release wakes the waiting
+requests (State.changed), and each looks again at once. A stopped instance with `on_demand` is started by asking
+the manager (`POST /api/instances/{id}/start` on its loopback port), once while that start is under way.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from app.routing_table import Route
+
+from . import errors
+from .choose import decide
+from .state import State
+
+NO_TABLE_WAIT = 30.0  # seconds a request waits for the first table (the router started before the manager published)
+
+
+class Starter:
+    """Asks the manager to start instances on demand; remembers why a start was refused."""
+
+    def __init__(self, state: State, session: aiohttp.ClientSession):
+        self.state, self.session = state, session
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.refused: dict[str, str] = {}  # instance id -> the manager's answer to its last start
+
+    def start(self, instance_id: str) -> None:
+        task = self.tasks.get(instance_id)
+        if task is None or task.done():
+            self.refused.pop(instance_id, None)
+            self.tasks[instance_id] = asyncio.get_running_loop().create_task(self._start(instance_id))
+
+    def busy(self, instance_id: str) -> bool:
+        task = self.tasks.get(instance_id)
+        return task is not None and not task.done()
+
+    async def _start(self, instance_id: str) -> None:
+        table = self.state.table
+        port = table.manager_port if table else 0
+        url = f"http://127.0.0.1:{port}/api/instances/{instance_id}/start"
+        try:
+            # The manager answers only to its loopback Host, which is what the client sends here.
+            async with self.session.post(url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as answer:
+                if answer.status >= 400:
+                    text = await answer.text()
+                    try:
+                        text = json.loads(text).get("detail", text)
+                    except (ValueError, AttributeError):
+                        pass
+                    self.refused[instance_id] = f"the manager refused to start it: {str(text)[:300]}"
+        except (aiohttp.ClientError, OSError) as exc:
+            self.refused[instance_id] = f"the manager could not be asked to start it ({exc.__class__.__name__})"
+        finally:
+            self.state.changed()  # the waiting requests look again (a refusal ends their wait)
+
+
+def _wait_hint(route: Route) -> str:
+    return f"instance `{route.id}` (model `{route.names[0]}`)"
+
+
+async def wait_for_route(state: State, starter: Starter, name: str | None, exclude: frozenset[str] = frozenset(),
+                         lookup: Callable[[], Awaitable[None]] | None = None) -> Route | web.Response:
+    """The route to send the request to, once there is one; or the error answer (404, 503). `lookup` asks the
+    engines for names the table lacks (LoRA adapters), once, before a name is called unknown."""
+    deadline = time.monotonic() + NO_TABLE_WAIT
+    while state.table is None:
+        if not await state.wait_change(deadline - time.monotonic()):
+            return errors.unavailable("The router has no routing table yet (the manager publishes it at its start); "
+                                      "try again shortly.", 5, "no_routing_table")
+    waited: Route | None = None  # the instance whose queue this request counts in
+    asked: set[str] = set()
+    try:
+        while True:
+            decision = decide(state, name, exclude)
+            if decision.action == "unknown":
+                if lookup is not None and name is not None:
+                    await lookup()
+                    lookup = None
+                    continue
+                return errors.model_not_found(name, state.names())
+            route = decision.route
+            assert route is not None
+            if decision.action == "forward":
+                return route
+            if decision.action == "unreachable":
+                return errors.unavailable(f"The engine of {_wait_hint(route)} refused the connection; try again "
+                                          "shortly.", 2, "engine_unreachable")
+            if decision.action == "stopped":
+                return errors.unavailable(
+                    f"The {_wait_hint(route)} is stopped and does not start on demand. Start it in the portal or "
+                    f"with `POST /api/instances/{route.id}/start` on the portal's port, or set `on_demand`.",
+                    30, "model_stopped")
+            if decision.action == "start":
+                if route.id in asked and not starter.busy(route.id):
+                    why = (starter.refused.get(route.id)
+                           or f"it is {route.phase.value}; see GET /api/instances/{route.id}")
+                    return errors.unavailable(f"The {_wait_hint(route)} could not be started on demand: {why}.",
+                                              30, "start_failed")
+                if route.id not in asked:
+                    asked.add(route.id)
+                    starter.start(route.id)
+            if waited is None:
+                load = state.load(route.id)
+                if load.queued >= route.max_queue:
+                    return errors.unavailable(f"The queue of {_wait_hint(route)} is full ({route.max_queue} "
+                                              "requests wait already); try again later.",
+                                              min(route.queue_timeout, 10), "queue_full")
+                load.queued += 1
+                waited, deadline = route, time.monotonic() + route.queue_timeout
+            left = deadline - time.monotonic()
+            if left <= 0 or not await state.wait_change(left):
+                assert waited is not None
+                return errors.unavailable(f"The {_wait_hint(waited)} was not ready within its queue timeout "
+                                          f"({waited.queue_timeout:g} s).", 10, "queue_timeout")
+    finally:
+        if waited is not None:
+            state.load(waited.id).queued -= 1

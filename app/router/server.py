@@ -1,0 +1,79 @@
+"""The router's two servers, wired: the API port (127.0.0.1:<vLLM API internal port>, behind Caddy) and the control
+socket; the table file followed in the background."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+import aiohttp
+from aiohttp import web
+
+from app.portal_config import Ports
+from app.settings import Settings
+
+from . import control, models
+from .proxy import Proxy
+from .queueing import Starter
+from .state import State, TableFile
+from .stats import Stats
+
+UPSTREAM_IDLE = 2.0  # seconds an idle engine connection is kept: below uvicorn's 5 s keep-alive timeout
+
+
+def log(message: str) -> None:
+    print(f"router: {message}", file=sys.stderr, flush=True)
+
+
+def session() -> aiohttp.ClientSession:
+    """One pool of engine connections for every request: no limit on their number, kept briefly when idle."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_IDLE, use_dns_cache=False)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+
+
+def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body: int) -> web.Application:
+    proxy = Proxy(state, stats, Starter(state, client), client, max_body)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/v1/models":
+            return await models.handle(request, state, client)
+        return await proxy.handle(request)
+
+    application = web.Application(client_max_size=max_body)
+    application.router.add_route("*", "/{tail:.*}", handle)
+    return application
+
+
+async def serve(settings: Settings) -> None:
+    ports = Ports.read(settings.portal_yaml)
+    table_file = TableFile(settings)
+    state = State(table_file.read_if_changed())
+    if state.table is None:
+        log(f"no routing table in {settings.routing_table} yet: requests wait for the manager to publish one")
+    stats = Stats(state)
+    async with session() as client:
+        api = web.AppRunner(api_app(state, stats, client, settings.router_max_body_mb * 1024 * 1024),
+                            handler_cancellation=True, access_log=None, shutdown_timeout=5)
+        ctl = web.AppRunner(control.app(state, stats), access_log=None)
+        await api.setup()
+        await ctl.setup()
+        socket_path = settings.router_socket
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        await web.UnixSite(ctl, str(socket_path)).start()
+        os.chmod(socket_path, 0o600)
+        await web.TCPSite(api, "127.0.0.1", ports.api_port, backlog=2048, reuse_address=True).start()
+        log(f"routing on 127.0.0.1:{ports.api_port}; control socket {socket_path}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        follower = loop.create_task(table_file.follow(state))
+        await stop.wait()
+        follower.cancel()
+        await api.cleanup()
+        await ctl.cleanup()

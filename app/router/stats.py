@@ -1,0 +1,106 @@
+"""What the router counts: Prometheus metrics in its own registry (served on the control socket, merged by the
+manager into its /metrics) and the activity log, the last requests through the router.
+
+The hot path only bumps counters and observes two histograms per request; in-flight and queue depth are read from
+the router's state when /metrics is scraped. Token counts come from the response's `usage`, found in its last
+bytes only (the end of a JSON answer, the last events of a stream), never by parsing the whole response.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily
+
+from .state import State
+
+ACTIVITY = 500  # requests kept in the activity log
+TAIL = 8192  # bytes of a response's end kept to find its `usage`
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
+_USAGE = re.compile(rb'"usage"\s*:\s*(\{[^{}]*(?:\{[^{}]*\}[^{}]*)*\})')
+
+
+@dataclass
+class Activity:
+    time: float  # epoch seconds when the request came in
+    model: str | None  # the name asked for (None: the default instance)
+    instance: str | None  # the instance that answered (None: the router answered itself)
+    path: str
+    status: int
+    duration: float
+    ttft: float | None  # seconds to the first byte of the response body (for a stream: its first event)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+def usage(tail: bytes) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of the last `usage` object in a response's end, if any."""
+    matches = list(_USAGE.finditer(tail))
+    if not matches:
+        return None, None
+    try:
+        data = json.loads(matches[-1].group(1))
+    except ValueError:
+        return None, None
+    take = lambda key: data.get(key) if isinstance(data.get(key), int) else None
+    return take("prompt_tokens"), take("completion_tokens")
+
+
+class _Loads:
+    """In flight and queued per instance, read from the state when scraped."""
+
+    def __init__(self, state: State):
+        self.state = state
+
+    def collect(self):
+        in_flight = GaugeMetricFamily("appliance_router_in_flight", "Requests the router has in flight to the "
+                                      "instance's engine.", labels=["instance"])
+        queued = GaugeMetricFamily("appliance_router_queue_depth", "Requests waiting for the instance to be ready.",
+                                   labels=["instance"])
+        for instance_id, load in sorted(self.state.loads.items()):
+            in_flight.add_metric([instance_id], load.in_flight)
+            queued.add_metric([instance_id], load.queued)
+        return [in_flight, queued]
+
+
+class Stats:
+    def __init__(self, state: State):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("appliance_router_requests", "Requests through the router, by model asked for, "
+                                "instance and status.", ["model", "instance", "status"], registry=self.registry)
+        self.latency = Histogram("appliance_router_request_duration_seconds", "Seconds from a request's arrival to "
+                                 "the end of its response.", ["model"], registry=self.registry,
+                                 buckets=LATENCY_BUCKETS)
+        self.ttft = Histogram("appliance_router_time_to_first_token_seconds", "Seconds from a request's arrival to "
+                              "the first byte of its response body (a stream's first event).", ["model"],
+                              registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.unavailable = Counter("appliance_router_unavailable", "503 answers of the router itself, by model "
+                                   "and reason (queue_full, queue_timeout, model_stopped, start_failed, ...).",
+                                   ["model", "reason"], registry=self.registry)
+        self.registry.register(_Loads(state))  # type: ignore[arg-type]
+        self.activity: deque[Activity] = deque(maxlen=ACTIVITY)
+
+    def record(self, model: str | None, instance: str | None, path: str, status: int, started: float,
+               started_wall: float, ttft: float | None, tail: bytes = b"", reason: str | None = None) -> None:
+        label = "(unknown)" if reason == "model_not_found" else model or ""  # a client's typo is no label value
+        duration = time.perf_counter() - started
+        self.requests.labels(label, instance or "", str(status)).inc()
+        self.latency.labels(label).observe(duration)
+        if ttft is not None:
+            self.ttft.labels(label).observe(ttft)
+        if status == 503 and reason:
+            self.unavailable.labels(label, reason).inc()
+        tokens_in, tokens_out = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
+        self.activity.append(Activity(started_wall, model, instance, path, status, round(duration, 6),
+                                      None if ttft is None else round(ttft, 6), tokens_in, tokens_out))
+
+    def recent(self, limit: int) -> list[dict]:
+        items = list(self.activity)[-limit:] if limit > 0 else []
+        return [asdict(a) for a in reversed(items)]
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
