@@ -36,6 +36,7 @@ class Manager:
         self.router = RouterClient(settings)
         self.lora = lora.Runtime()  # LoRA adapters loaded and unloaded at runtime (app/api/lora.py)
         self._publishing: asyncio.Task | None = None
+        self._stale = False
 
     @property
     def ports(self) -> Ports:
@@ -211,22 +212,24 @@ class Manager:
 
     # --- the router's table -------------------------------------------------------------------------------------
     def table(self) -> routing_table.Table:
-        routes = []
-        for c in self.store.instances.values():
-            adapters = self.lora.names(c, self.pid(c.id))  # static and runtime LoRA adapters (app/lora.py)
-            routes.append(routing_table.Route(id=c.id, names=c.names + adapters, adapters=adapters, port=c.port,
-                                              phase=self.phase(c.id), on_demand=c.on_demand, max_queue=c.max_queue,
-                                              queue_timeout=c.queue_timeout))
+        routes = [routing_table.route(c, self.phase(c.id), self.lora.names(c, self.pid(c.id)))  # LoRA: app/lora.py
+                  for c in self.store.instances.values()]
         return routing_table.Table(manager_port=self.ports.manager_port, routes=routes)
 
     def publish(self) -> None:
         """Something the router routes by may have changed: publish the table soon (coalesced; actors call this
         on every phase change and must not wait for it)."""
+        self._stale = True  # a publish under way when this came reads the table once more
         if self._publishing is None or self._publishing.done():
             self._publishing = asyncio.get_running_loop().create_task(self._publish())
 
     async def _publish(self) -> None:
-        await asyncio.sleep(0)  # let the changes of this turn of the loop land first
+        while self._stale:
+            self._stale = False
+            await asyncio.sleep(0)  # let the changes of this turn of the loop land first
+            await self._publish_once()
+
+    async def _publish_once(self) -> None:
         table = self.table()
         try:
             changed = routing_table.write(self.settings, table)

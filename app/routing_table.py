@@ -26,9 +26,11 @@ class Route(BaseModel):
     queue_timeout: float = 600.0
 
 
-def route(config: InstanceConfig, phase: Phase) -> Route:
-    return Route(id=config.id, names=config.names, port=config.port, phase=phase, on_demand=config.on_demand,
-                 max_queue=config.max_queue, queue_timeout=config.queue_timeout)
+def route(config: InstanceConfig, phase: Phase, adapters: list[str] | None = None) -> Route:
+    """An instance's route. `adapters`: the LoRA adapters it serves now (app/lora.py); by default its static ones."""
+    adapters = list(config.lora or {}) if adapters is None else adapters
+    return Route(id=config.id, names=config.names + adapters, adapters=adapters, port=config.port, phase=phase,
+                 on_demand=config.on_demand, max_queue=config.max_queue, queue_timeout=config.queue_timeout)
 
 
 class Table(BaseModel):

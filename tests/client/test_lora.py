@@ -4,11 +4,12 @@ load/unload endpoints out of reach on the public ports."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from vllm_appliance_client import BadRequestError, ConflictError, NotFoundError
 
-from tests.client.conftest import connect, ids
+from tests.client.conftest import connect, ids, needs_router
 
 
 @pytest.fixture
@@ -31,6 +32,15 @@ def routed(app, instance: str) -> dict:
     return next(r for r in table["routes"] if r["id"] == instance)
 
 
+def routed_adapters(app, instance: str, expected: list[str], timeout: float = 10) -> list[str]:
+    """The adapters the routing table lists for the instance, once they are `expected` (the manager publishes the
+    table just after it answers), or as they are when the time is up."""
+    deadline = time.monotonic() + timeout
+    while (found := routed(app, instance)["adapters"]) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def test_static_adapters_are_served_and_listed(appliance, adapter):
     with connect(appliance, "static-0") as client:
         with client.serve("acme/lora-base", id="static", lora={"sql": adapter, "hub": "acme/hub-lora"},
@@ -42,7 +52,7 @@ def test_static_adapters_are_served_and_listed(appliance, adapter):
             assert client.loras("static-0") == [
                 {"name": "sql", "path": adapter, "static": True, "loaded": True},
                 {"name": "hub", "path": "acme/hub-lora", "static": True, "loaded": True}]
-            assert routed(appliance, "static-0")["adapters"] == ["sql", "hub"]
+            assert routed_adapters(appliance, "static-0", ["sql", "hub"]) == ["sql", "hub"]
             assert routed(appliance, "static-0")["names"] == ["acme/lora-base", "sql", "hub"]
 
 
@@ -52,12 +62,12 @@ def test_runtime_load_and_unload(appliance, adapter):
             served.load_lora("live", adapter)
             assert served.generate(["hello"], model="live") == ["stand-in reply from live: hello"]
             assert client.loras("runtime-0") == [{"name": "live", "path": adapter, "static": False, "loaded": True}]
-            assert routed(appliance, "runtime-0")["adapters"] == ["live"]
+            assert routed_adapters(appliance, "runtime-0", ["live"]) == ["live"]
             with pytest.raises(ConflictError, match="has already been loaded"):
                 served.load_lora("live", adapter)
             served.unload_lora("live")
             assert client.loras("runtime-0") == []
-            assert routed(appliance, "runtime-0")["adapters"] == []
+            assert routed_adapters(appliance, "runtime-0", []) == []
             with pytest.raises(NotFoundError, match="does not exist"):
                 served.generate(["hello"], model="live")
             with pytest.raises(NotFoundError, match="cannot be found"):
@@ -69,10 +79,10 @@ def test_a_restarted_engine_forgets_runtime_adapters_but_keeps_static_ones(appli
         with client.serve("acme/lora-base", id="restarts", lora={"sql": adapter}, progress=False) as served:
             served.load_lora("live", "acme/live-lora")
             served.unload_lora("sql")
-            assert routed(appliance, "restarts-0")["adapters"] == ["live"]
+            assert routed_adapters(appliance, "restarts-0", ["live"]) == ["live"]
             client.http.post("/api/instances/restarts-0/restart")
             client._wait_ready(["restarts-0"], 60, False)
-            assert routed(appliance, "restarts-0")["adapters"] == ["sql"]
+            assert routed_adapters(appliance, "restarts-0", ["sql"]) == ["sql"]
             assert sorted(engine_models(appliance, "restarts-0")) == ["acme/lora-base", "sql"]
 
 
@@ -127,3 +137,17 @@ def test_the_engines_load_endpoint_is_not_reachable_through_caddy_even_with_the_
             assert answer.status_code == 403 and "manager's API only" in answer.text, answer.text
             assert unload.status_code == 403
             assert "sneaky" not in engine_models(appliance, "sealed-0")
+
+
+@needs_router
+def test_the_router_sends_a_request_naming_an_adapter_to_the_instance_that_serves_it(appliance, adapter):
+    with connect(appliance) as client:
+        with client.serve("acme/lora-base", id="routed", lora={"sql": adapter}, progress=False) as served:
+            served.load_lora("live", "acme/live-lora")
+            routed_adapters(appliance, "routed-0", ["sql", "live"])
+            assert served.chat(["hi"], model="sql") == ["stand-in reply from sql: hi"]
+            assert served.generate(["hi"], model="live") == ["stand-in reply from live: hi"]
+            with appliance.client() as http:
+                listed = {m["id"]: m for m in http.get(appliance.api_url("/v1/models")).json()["data"]}
+            assert listed["sql"]["parent"] == "acme/lora-base" and listed["live"]["parent"] == "acme/lora-base"
+            assert "alias_of" not in listed["sql"] and listed["sql"]["instance"] == "routed-0"
