@@ -141,7 +141,10 @@ class AsyncAppliance:
     async def _remove(self, ids: list[str], progress: bool) -> None:
         for instance_id in ids:
             try:
-                await self.delete_instance(instance_id)
+                try:
+                    await self.delete_instance(instance_id)
+                except httpx.TransportError:  # once more, on a fresh connection
+                    await self.delete_instance(instance_id)
                 core.say(f"deleted instance {instance_id}", progress)
             except ApplianceError as exc:
                 if exc.status != 404:

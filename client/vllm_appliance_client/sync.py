@@ -145,7 +145,10 @@ class Appliance:
     def _remove(self, ids: list[str], progress: bool) -> None:
         for instance_id in ids:
             try:
-                self.delete_instance(instance_id)
+                try:
+                    self.delete_instance(instance_id)
+                except httpx.TransportError:  # once more, on a fresh connection
+                    self.delete_instance(instance_id)
                 core.say(f"deleted instance {instance_id}", progress)
             except ApplianceError as exc:
                 if exc.status != 404:
