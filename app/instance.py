@@ -6,6 +6,7 @@ the instance's `port`, the model is a Hugging Face id or a local folder, and siz
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from enum import StrEnum
@@ -90,6 +91,18 @@ def lora_adapter(name: str, path: str, *, taken: Sequence[str] = (), check_folde
         model_reference(path, check_folder=check_folder)
     except ValueError as exc:
         raise ValueError(f"LoRA adapter {name!r}: {str(exc).replace('model ', 'path ', 1)}") from None
+
+
+def _lora_module(value: str) -> dict[str, str]:
+    """One value of vLLM's --lora-modules: `name=path`, or JSON with `name` and `path`."""
+    if "=" in value and "," not in value:
+        name, path = value.split("=", 1)
+        return {name: path}
+    try:
+        module = json.loads(value)
+        return {str(module["name"]): str(module["path"])}
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--lora-modules {value[:80]!r} is neither name=path nor JSON with name and path") from None
 
 
 def lora_adapters(adapters: dict[str, str], *, taken: list[str], check_folder: bool = True) -> None:
@@ -216,9 +229,33 @@ class InstanceConfig(Policy):
                 lora_adapters(self.lora, taken=self.names, check_folder=(info.context or {}).get("check_folder", True))
             except ValueError as exc:
                 raise ValueError(f"lora: {exc}") from None
-        if any(arg.split("=", 1)[0] == "--lora-modules" for arg in self.args):
-            raise ValueError("--lora-modules is not allowed in args: give the adapters as `lora` (name -> path)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_from_args(cls, data):
+        """`--lora-modules name=path ...` in args (as the llm-d API's options may have it) becomes `lora`, checked as
+        that field is; the JSON form (`{"name": ..., "path": ...}`) too."""
+        if not (isinstance(data, dict) and isinstance(data.get("args"), list)
+                and any(isinstance(a, str) and a.split("=", 1)[0] == "--lora-modules" for a in data["args"])):
+            return data
+        args, found, rest, i = data["args"], {}, [], 0
+        while i < len(args):
+            arg = args[i]
+            if isinstance(arg, str) and arg.split("=", 1)[0] == "--lora-modules":
+                values = [arg.split("=", 1)[1]] if "=" in arg else []
+                i += 1
+                while "=" not in arg and i < len(args) and isinstance(args[i], str) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                for value in values:
+                    found.update(_lora_module(value))
+                continue
+            rest.append(arg)
+            i += 1
+        if data.get("lora"):
+            raise ValueError("give the adapters as `lora` or as --lora-modules in args, not both")
+        return {**data, "args": rest, "lora": found}
 
     @property
     def name_served(self) -> str:

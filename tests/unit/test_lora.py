@@ -59,9 +59,18 @@ def test_an_adapter_may_not_take_the_served_name_or_an_alias():
         config(aliases=["fast"], lora={"fast": "acme/a"})
 
 
-def test_lora_modules_in_args_is_refused():
-    with pytest.raises(ValueError, match="give the adapters as `lora`"):
-        config(args=["--enable-lora", "--lora-modules", "x=/etc"])
+def test_lora_modules_in_args_becomes_the_field_and_is_checked_as_it():
+    given = config(args=["--enable-lora", "--lora-modules", "a=acme/a", '{"name": "b", "path": "acme/b"}', "--seed",
+                         "1", "--lora-modules=c=acme/c"])
+    assert given.lora == {"a": "acme/a", "b": "acme/b", "c": "acme/c"}
+    assert given.args == ["--enable-lora", "--seed", "1"]
+    assert engine.program(Settings(), given).argv.count("--lora-modules") == 1
+    with pytest.raises(ValueError, match="neither a Hugging Face id"):
+        config(args=["--lora-modules", "x=acme/x;rm"])
+    with pytest.raises(ValueError, match="neither name=path nor JSON"):
+        config(args=["--lora-modules", "{broken"])
+    with pytest.raises(ValueError, match="not both"):
+        config(args=["--lora-modules", "x=acme/x"], lora={"y": "acme/y"})
 
 
 def test_saved_state_keeps_adapters_whose_folder_is_not_there_yet():
