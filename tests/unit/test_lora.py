@@ -94,3 +94,12 @@ def test_runtime_adapters_last_as_long_as_the_engine_that_loaded_them():
     runtime.add("chat", 200, "other", "acme/o")
     assert runtime.names(chat, 200) == ["static", "other"] and runtime.names(chat, 100) == ["static"]
     assert runtime.names(config(), 200) == []  # LoRA off
+
+
+def test_the_llmd_api_shows_adapters_in_options_and_takes_them_back():
+    from app.api.v2_state import options_of
+    shown = options_of(config(lora={"a": "acme/a"}).model_dump())
+    assert shown == "--model acme/base --port 18001 --enable-lora --lora-modules a=acme/a"
+    assert options_of(config().model_dump()) == "--model acme/base --port 18001"
+    again = config(args=shown.split()[4:])
+    assert again.lora == {"a": "acme/a"} and again.args == ["--enable-lora"]
