@@ -36,7 +36,7 @@ class Manager:
         self.router = RouterClient(settings)
         self.lora = lora.Runtime()  # LoRA adapters loaded and unloaded at runtime (app/api/lora.py)
         self._publishing: asyncio.Task | None = None
-        self._stale = False
+        self._republish = False
 
     @property
     def ports(self) -> Ports:
@@ -218,30 +218,28 @@ class Manager:
 
     def publish(self) -> None:
         """Something the router routes by may have changed: publish the table soon (coalesced; actors call this
-        on every phase change and must not wait for it)."""
-        self._stale = True  # a publish under way when this came reads the table once more
+        on every phase change and must not wait for it). A change while a publish is under way publishes again
+        after it, so the last table published is always the current one."""
+        self._republish = True
         if self._publishing is None or self._publishing.done():
             self._publishing = asyncio.get_running_loop().create_task(self._publish())
 
     async def _publish(self) -> None:
-        while self._stale:
-            self._stale = False
+        while self._republish:
+            self._republish = False
             await asyncio.sleep(0)  # let the changes of this turn of the loop land first
-            await self._publish_once()
-
-    async def _publish_once(self) -> None:
-        table = self.table()
-        try:
-            changed = routing_table.write(self.settings, table)
-        except OSError as exc:
-            print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
-            changed = True
-        if changed:
+            table = self.table()
             try:
-                await self.router.push(table)
-            except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
-                print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its start",
-                      flush=True)
+                changed = routing_table.write(self.settings, table)
+            except OSError as exc:
+                print(f"manager: router: cannot write {self.settings.routing_table} ({exc.strerror})", flush=True)
+                changed = True
+            if changed:
+                try:
+                    await self.router.push(table)
+                except Exception as exc:  # noqa: BLE001 (the router reads the file when it comes back)
+                    print(f"manager: router: table not pushed ({self.fx.explain(exc)}); it reads the file at its "
+                          "start", flush=True)
 
     # --- following supervisor ----------------------------------------------------------------------------------
     async def monitor(self, interval: float = 1.0) -> None:

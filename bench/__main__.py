@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["proxy", "boot", "memory", "swap", "stats_logs", "streams", "caches", "metrics", "bootstrap_embed"]
+BENCHMARKS = ["proxy", "router", "boot", "memory", "swap", "stats_logs", "streams", "caches", "metrics",
+              "bootstrap_embed"]
 
 
 def main(names: list[str]) -> None:

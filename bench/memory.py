@@ -1,5 +1,5 @@
-"""Resident memory of the control plane (supervisord, logforward, Caddy, manager, gRPC bridge), idle and under
-portal-like load.
+"""Resident memory of the control plane (supervisord, logforward, Caddy, router, manager, gRPC bridge), idle and
+under portal-like load with streamed completions through the router.
 
 Baseline, same run: a bare Python interpreter (`python3 -c` sleeping), the floor
 of any Python process; the control plane holds three of them plus Caddy.
@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.report import table, write_section
 from tests.appliance import Appliance
 
-CONTROL = ("supervisord", "logforward", "caddy", "manager", "grpc-bridge")
+CONTROL = ("supervisord", "logforward", "caddy", "router", "manager", "grpc-bridge")
 
 
 def rss_mib(pid: int) -> float:
@@ -50,6 +50,16 @@ def portal_load(app: Appliance, stop: threading.Event) -> None:
                     pass
 
 
+def inference_load(app: Appliance, stop: threading.Event) -> None:
+    """Streamed chat completions through Caddy and the router, one after another."""
+    body = {"stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": "one two three " * 8}]}
+    with app.client(timeout=30) as client:
+        while not stop.is_set():
+            with client.stream("POST", app.api_url("/v1/chat/completions"), json=body) as response:
+                for _ in response.iter_lines():
+                    pass
+
+
 def main() -> None:
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     time.sleep(0.5)
@@ -66,6 +76,7 @@ def main() -> None:
             idle = {name: rss_mib(pid) for name, pid in pids.items()}
             stop = threading.Event()
             threads = [threading.Thread(target=portal_load, args=(app, stop)) for _ in range(4)]
+            threads += [threading.Thread(target=inference_load, args=(app, stop)) for _ in range(8)]
             for thread in threads:
                 thread.start()
             busy = dict.fromkeys(pids, 0.0)
@@ -82,7 +93,8 @@ def main() -> None:
     rows.append(["**total**", f"**{total_idle:.1f}**", f"**{total_busy:.1f}**"])
     rows.append(["bare Python interpreter (baseline)", f"{baseline:.1f}", ""])
     body = ("Resident memory (VmRSS, MiB). Busy: the peak over 10 s while four clients poll /api/health, "
-            "/api/stats and /api/instances and tail a log over SSE that the engine writes 20 lines/s to.\n\n"
+            "/api/stats and /api/instances and tail a log over SSE that the engine writes 20 lines/s to, and eight "
+            "clients stream chat completions through the router.\n\n"
             + table(["process", "idle MiB", "busy MiB"], rows)
             + f"\n\nThe control plane is {total_busy / baseline:.1f}× a bare interpreter when busy. "
             "Target: under 200 MiB.")

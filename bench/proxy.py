@@ -23,6 +23,7 @@ from bench.report import table, write_section
 from tests.appliance import Appliance
 
 CONNECTIONS = [1, 16, 64]
+VIA_CADDY = "/instances/vllm"  # Caddy's own route to the engine (the router's overhead is bench/router.py's)
 DURATION = "5s"
 REPEATS = 3  # wrk runs per cell and path; the table shows the median run
 TOKEN_DELAY = 0.01  # the stand-in's gap between streamed tokens, s
@@ -103,7 +104,7 @@ def main() -> None:
                              "ENABLE_HTTPS": str(https).lower(), "FAKE_VLLM_TOKEN_DELAY": str(TOKEN_DELAY)})
             app.start()
             try:
-                direct = f"http://127.0.0.1:{app.api_internal}"
+                direct = f"http://127.0.0.1:{app.engine_port()}"
                 caddy = int(app.supervisorctl("pid", "caddy").stdout.strip())
                 for workload, path, lua in workloads:
                     for connections in CONNECTIONS:
@@ -111,7 +112,7 @@ def main() -> None:
                         for _ in range(REPEATS):  # interleaved, so both paths see the same machine
                             bases.append(wrk(direct + path, connections, app.token, lua))
                             before = cpu_seconds(caddy)
-                            ours.append(wrk(app.api_url(path), connections, app.token, lua))
+                            ours.append(wrk(app.api_url(VIA_CADDY + path), connections, app.token, lua))
                             spent += cpu_seconds(caddy) - before
                         base, our = median_run(bases), median_run(ours)
                         per_request = spent / sum(run[3] for run in ours) * 1e6
@@ -120,7 +121,7 @@ def main() -> None:
                                      f"**{our[0] / base[0]:.2f}**", f"{base[1]:.2f} / {base[2]:.2f}",
                                      f"{our[1]:.2f} / {our[2]:.2f}", f"{per_request:.0f}"])
                 base_first, base_last = stream_timings(app, f"{direct}/v1/chat/completions")
-                ours_first, ours_last = stream_timings(app, app.api_url("/v1/chat/completions"))
+                ours_first, ours_last = stream_timings(app, app.api_url(VIA_CADDY + "/v1/chat/completions"))
                 stream_rows.append([f"Caddy, {label}", f"{base_first:.2f}", f"{ours_first:.2f}",
                                     f"{ours_first - base_first:+.2f}", f"{base_last:.2f}", f"{ours_last:.2f}",
                                     f"{ours_last - base_last:+.2f}"])

@@ -1,6 +1,7 @@
 """Boot the real appliance (entrypoint.sh -> supervisord -> Caddy, manager, engines) in a temporary root."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -151,6 +152,11 @@ class Appliance:
 
     def api_url(self, path: str = "/") -> str:
         return self.url(self.api_port, path)
+
+    def engine_port(self, instance: str = "vllm") -> int:
+        """Where an instance's engine listens (the router's table)."""
+        routes = json.loads((self.root / "run/appliance/routes.json").read_text())["routes"]
+        return next(r["port"] for r in routes if r["id"] == instance)
 
     def client(self, *, auth: bool = True, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}

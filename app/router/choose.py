@@ -4,7 +4,8 @@ For a name (a served name or an alias; None: the table's default instance) the i
 its replicas. `decide` says what to do with a request now:
 - `forward`: to the ready replica (not held by a drain) with the fewest requests in flight; equally busy ones take
   turns (fewest sent so far);
-- `queue`: none is ready, but one is on its way (starting, waiting, stopping, or held by a drain): wait for it;
+- `queue`: none is ready, but one is on its way (starting, waiting, stopping), or held by a drain (whatever its
+  phase: the manager is working on it, so it is never started on demand meanwhile): wait for it;
 - `start`: none runs and one may be started on demand: ask the manager, then wait;
 - `stopped`: none runs and none starts on demand: refuse (503, saying how to start it);
 - `unreachable`: the ready replicas all refused the connection for this request;
@@ -63,7 +64,7 @@ def decide(state: State, name: str | None, exclude: Collection[str] = ()) -> Dec
     if route is not None:
         return Decision("forward", route)
     for route in candidates:
-        if route.phase in ON_ITS_WAY or (route.id in state.held and route.phase == Phase.READY):
+        if route.phase in ON_ITS_WAY or route.id in state.held:  # held: the manager works on it; never start it
             return Decision("queue", route)
     if any(r.phase == Phase.READY for r in candidates):
         return Decision("unreachable", next(r for r in candidates if r.phase == Phase.READY))

@@ -26,9 +26,12 @@ from .stats import Stats
 
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "proxy-connection"))
-NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}  # the client sets these for the engine's connection
+# The client sets these for the engine's connection; the body is read already, so no `Expect: 100-continue`.
+NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 LOOKUP_EVERY = 1.0  # seconds between two lookups of unknown names in the engines' lists
 TAIL_CHUNKS = 3  # the response's last chunks kept for its `usage`
+TAIL = 8192
+WHOLE = 65536  # answers of known length up to this size are read whole, then sent (one write instead of two)
 
 
 def forward_headers(headers, skip: frozenset[str]) -> CIMultiDict:
@@ -92,6 +95,13 @@ class Proxy:
             async with self.session.request(request.method, url, headers=headers, data=body or None,
                                             allow_redirects=False) as upstream:
                 status = upstream.status
+                length = upstream.content_length
+                if length is not None and length <= WHOLE and "content-encoding" not in upstream.headers:
+                    # a small answer of known length (not a stream): read, then sent with its headers in one go
+                    data = await upstream.read()
+                    ttft, tail = time.perf_counter() - started, data[-TAIL:]
+                    return web.Response(body=data, status=status, reason=upstream.reason,
+                                        headers=forward_headers(upstream.headers, HOP_BY_HOP | {"content-length"}))
                 response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                               headers=forward_headers(upstream.headers, HOP_BY_HOP))
                 if upstream.content_length is not None and "content-encoding" not in upstream.headers:

@@ -39,11 +39,12 @@ class Activity:
 
 def usage(tail: bytes) -> tuple[int | None, int | None]:
     """(prompt_tokens, completion_tokens) of the last `usage` object in a response's end, if any."""
-    matches = list(_USAGE.finditer(tail))
-    if not matches:
+    at = tail.rfind(b'"usage"')
+    found = _USAGE.match(tail, at) if at >= 0 else None
+    if found is None:
         return None, None
     try:
-        data = json.loads(matches[-1].group(1))
+        data = json.loads(found.group(1))
     except ValueError:
         return None, None
     take = lambda key: data.get(key) if isinstance(data.get(key), int) else None
@@ -83,15 +84,25 @@ class Stats:
                                    ["model", "reason"], registry=self.registry)
         self.registry.register(_Loads(state))  # type: ignore[arg-type]
         self.activity: deque[Activity] = deque(maxlen=ACTIVITY)
+        self._children: dict[tuple, tuple] = {}  # label values -> metric children (labels() costs a lock each)
+
+    def _of(self, model: str, instance: str, status: int) -> tuple:
+        key = (model, instance, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(model, instance, str(status)),
+                                              self.latency.labels(model), self.ttft.labels(model))
+        return children
 
     def record(self, model: str | None, instance: str | None, path: str, status: int, started: float,
                started_wall: float, ttft: float | None, tail: bytes = b"", reason: str | None = None) -> None:
         label = "(unknown)" if reason == "model_not_found" else model or ""  # a client's typo is no label value
         duration = time.perf_counter() - started
-        self.requests.labels(label, instance or "", str(status)).inc()
-        self.latency.labels(label).observe(duration)
+        requests, latency, first = self._of(label, instance or "", status)
+        requests.inc()
+        latency.observe(duration)
         if ttft is not None:
-            self.ttft.labels(label).observe(ttft)
+            first.observe(ttft)
         if status == 503 and reason:
             self.unavailable.labels(label, reason).inc()
         tokens_in, tokens_out = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)

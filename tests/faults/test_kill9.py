@@ -73,7 +73,7 @@ def wait_back(appliance, program: str, old_pid: int, timeout: float = 30) -> flo
     raise AssertionError(f"{program} did not come back within {timeout}s: {appliance.supervisorctl('status').stdout}")
 
 
-@pytest.mark.parametrize("program", ["vllm", "manager", "caddy"])
+@pytest.mark.parametrize("program", ["vllm", "manager", "caddy", "router"])
 def test_kill9_under_load_recovers_by_itself(appliance, program):
     before = saved_files(appliance)
     with Load(appliance) as load:

@@ -92,12 +92,12 @@ def test_without_rollback_a_failure_leaves_the_instance_failed(api):
     ("vllm", {"args": []}, "model"),
     ("Not_An_Id", {"model": "acme/x"}, "instance id"),
     ("vllm", {"model": "acme/x", "modle": "typo"}, "Extra inputs are not permitted"),
-    ("vllm", {"model": "acme/x", "args": ["--port", "19999"]}, "leave the port out"),
+    ("vllm", {"model": "acme/x", "args": ["--port", "API"]}, "is the internal port of 'vLLM API'"),  # the router's
     ("other", {"model": "acme/x", "args": ["--port", "9"]}, "greater than or equal to 1024"),
     ("vllm", {"model": "org/m; touch x"}, "neither a Hugging Face id"),
     ("vllm", {"model": "acme/x", "args": ["--host=0.0.0.0"]}, "127.0.0.1 only"),
     ("vllm", {"model": "acme/x", "args": ["--model", "y"]}, "give the model as `model`"),
-    ("vllm", {"model": "acme/x", "port": 9999}, "leave the port out"),
+    ("vllm", {"model": "acme/x", "port": "API"}, "is the internal port of 'vLLM API'"),
     ("vllm", {"model": "acme/x", "gpus": [0]}, "no NVIDIA GPU here"),
     ("vllm", {"model": "acme/x", "gpus": [-1]}, "distinct GPU indices"),
     ("vllm", {"model": "acme/x", "env": {"X": "100%(here)s"}}, "'%('"),
@@ -106,6 +106,9 @@ def test_without_rollback_a_failure_leaves_the_instance_failed(api):
 def test_bad_input_gets_a_4xx_with_a_message_and_touches_nothing(api, instance, body, message):
     appliance, client = api
     before_files, before_served = fingerprint(appliance), served(appliance, client)
+    api_port = str(appliance.api_internal)  # "API" stands for the API's internal port, where the router listens
+    body = {k: ([api_port if a == "API" else a for a in v] if k == "args" else int(api_port) if v == "API" else v)
+            for k, v in body.items()}
     response = put(appliance, client, instance, **body)
     assert 400 <= response.status_code < 500
     assert message in response.text
@@ -186,7 +189,8 @@ def test_stop_and_start(api):
     appliance, client = api
     restarts = client.get(appliance.portal_url("/api/instances/vllm")).json()["restarts"]
     assert client.post(appliance.portal_url("/api/instances/vllm/stop")).json()["state"] == "stopped"
-    assert client.get(appliance.api_url("/v1/models")).status_code == 502
+    assert wait_for(lambda: [m["state"] for m in client.get(appliance.api_url("/v1/models")).json()["data"]
+                             if m.get("instance") == "vllm"] == ["stopped"])  # the router lists it, stopped
     client.post(appliance.portal_url("/api/instances/vllm/start"))
     wait_for(lambda: client.get(appliance.portal_url("/api/instances/vllm")).json()["state"] == "ready")
     assert client.get(appliance.api_url("/v1/models")).status_code == 200

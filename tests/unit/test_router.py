@@ -99,6 +99,8 @@ def test_what_happens_to_a_request_by_phase():
         assert decide(state, "chat", exclude={"vllm"}).action == "unreachable"
         state.held.add("vllm")
         assert decide(state, "chat").action == "queue"  # drained: new requests wait
+        state.held.add("s")
+        assert decide(state, "s").action == "queue"  # held and stopped (a swap under way): not started on demand
     asyncio.run(run())
 
 
@@ -181,4 +183,25 @@ def test_a_drain_answers_when_the_last_request_in_flight_ends():
         assert await state.drain("vllm", 0.01) == 0
         state.release("vllm")
         assert decide(state, "m").action == "forward"
+    asyncio.run(run())
+
+
+def test_the_table_file_is_followed_when_it_changes(tmp_path):
+    from app import routing_table
+    from app.router.state import TableFile
+    from app.settings import Settings
+
+    settings = Settings(APPLIANCE_ROOT=str(tmp_path))
+    settings.routing_table.parent.mkdir(parents=True)
+
+    async def run():
+        state, watched = State(), TableFile(settings)
+        follower = asyncio.create_task(watched.follow(state, interval=0.01))
+        routing_table.write(settings, table(route("vllm", "m", phase=Phase.STARTING)))
+        waiting = asyncio.create_task(wait_for_route(state, NoStarts(state), "m"))
+        await asyncio.sleep(0.05)
+        assert state.table is not None and not waiting.done()  # read, and the request queued
+        routing_table.write(settings, table(route("vllm", "m")))  # what a manager writes when its push is lost
+        assert (await asyncio.wait_for(waiting, 2)).id == "vllm"
+        follower.cancel()
     asyncio.run(run())

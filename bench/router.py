@@ -1,0 +1,160 @@
+"""Router overhead: through Caddy and the router vs through Caddy straight to the engine, in the same run.
+
+Both paths go through Caddy with auth: `/v1/...` reaches the engine through the router (which reads `model` and
+streams), `/instances/vllm/v1/...` is Caddy's own route to the same engine. Load generator: wrk (Debian's package),
+plain HTTP so that TLS (the same on both paths) does not take the CPU the comparison needs. Workloads: a streamed
+chat completion (16 tokens, 10 ms apart, as an engine answers) and a small non-streamed completion (the stand-in
+answers at once, so the whole of the router's cost shows). Also: the on-demand start overhead (time to the first
+token of a request for a stopped model, minus the time the same engine takes to start and answer by itself).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.proxy import REPEATS, STREAM_BODY, STREAM_TOKENS, TOKEN_DELAY, cpu_seconds, local_model, median_run, wrk
+from bench.report import table, write_section
+from tests.appliance import FAKES, Appliance, free_port
+
+CONNECTIONS = [1, 16, 64]
+SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = {body}
+"""
+SMALL_BODY = {"model": "acme/bench", "prompt": "hello there", "max_tokens": 4}
+DIRECT = "/instances/vllm"
+STARTS = 5
+
+
+def first_event_ms(client: httpx.Client, url: str, body: dict) -> float:
+    started = time.perf_counter()
+    with client.stream("POST", url, json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                return (time.perf_counter() - started) * 1000
+    raise RuntimeError(f"no event from {url}")
+
+
+def ttft(app: Appliance, url: str, runs: int = 40) -> float:
+    with app.client() as client:
+        return statistics.median(first_event_ms(client, url, STREAM_BODY) for _ in range(runs))
+
+
+def engine_alone_ms(model: Path, env: dict[str, str]) -> float:
+    """The stand-in started by hand: from its start to the first event of a streamed completion."""
+    port = free_port()
+    started = time.perf_counter()
+    engine = subprocess.Popen([str(FAKES / "vllm"), "serve", str(model), "--served-model-name", "acme/lazy",
+                               "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, **env},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(timeout=30) as client:
+            while True:
+                try:
+                    if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.005)
+            body = {**STREAM_BODY, "model": "acme/lazy"}
+            first_event_ms(client, f"http://127.0.0.1:{port}/v1/chat/completions", body)
+            return (time.perf_counter() - started) * 1000
+    finally:
+        engine.terminate()
+        engine.wait()
+
+
+def on_demand_ms(app: Appliance) -> float:
+    """A stopped instance: from the request to its first event, through Caddy and the router."""
+    with app.client(timeout=60) as client:
+        client.post(app.portal_url("/api/instances/lazy/stop")).raise_for_status()
+        while client.get(app.portal_url("/api/instances/lazy")).json()["state"] != "stopped":
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while next(r for r in json.loads((app.root / "run/appliance/routes.json").read_text())["routes"]
+                   if r["id"] == "lazy")["phase"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return first_event_ms(client, app.api_url("/v1/chat/completions"), {**STREAM_BODY, "model": "acme/lazy"})
+
+
+def main() -> None:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        scripts = {}
+        for name, body in (("stream", STREAM_BODY), ("small", SMALL_BODY)):
+            scripts[name] = Path(tmp) / f"{name}.lua"
+            scripts[name].write_text(SCRIPT.format(body=json.dumps(json.dumps(body))))
+        model = local_model(Path(tmp))
+        env = {"VLLM_MODEL": str(model), "VLLM_ARGS": "--served-model-name acme/bench", "ENABLE_HTTPS": "false",
+               "FAKE_VLLM_TOKEN_DELAY": str(TOKEN_DELAY)}
+        app = Appliance(Path(tmp) / "root", env)
+        app.start()
+        try:
+            router = int(app.supervisorctl("pid", "router").stdout.strip())
+            streamed = f"streamed chat, {STREAM_TOKENS} tokens"
+            for label, path, lua in ((streamed, "/v1/chat/completions", scripts["stream"]),
+                                     ("small completion, not streamed", "/v1/completions", scripts["small"])):
+                for connections in CONNECTIONS:
+                    bases, ours, spent = [], [], 0.0
+                    for _ in range(REPEATS):  # interleaved, so both paths see the same machine
+                        bases.append(wrk(app.api_url(DIRECT + path), connections, app.token, lua))
+                        before = cpu_seconds(router)
+                        ours.append(wrk(app.api_url(path), connections, app.token, lua))
+                        spent += cpu_seconds(router) - before
+                    base, our = median_run(bases), median_run(ours)
+                    per_request = spent / sum(run[3] for run in ours) * 1e6
+                    results[label, connections] = our[0] / base[0]
+                    rows.append([label, connections, f"{base[0]:.0f}", f"{our[0]:.0f}", f"**{our[0] / base[0]:.2f}**",
+                                 f"{base[1]:.2f} / {base[2]:.2f}", f"{our[1]:.2f} / {our[2]:.2f}",
+                                 f"{per_request:.0f}"])
+            direct_first = ttft(app, app.api_url(DIRECT + "/v1/chat/completions"))
+            routed_first = ttft(app, app.api_url("/v1/chat/completions"))
+            with app.client(timeout=60) as client:
+                client.put(app.portal_url("/api/instances/lazy"), json={
+                    "model": str(model), "served_model_name": "acme/lazy", "wait": True}).raise_for_status()
+            alone = statistics.median(engine_alone_ms(model, {"FAKE_VLLM_TOKEN_DELAY": str(TOKEN_DELAY)})
+                                      for _ in range(STARTS))
+            demand = statistics.median(on_demand_ms(app) for _ in range(STARTS))
+        finally:
+            app.stop()
+    small64, stream64 = results["small completion, not streamed", 64], results[streamed, 64]
+    meets = (stream64 >= 0.95 and routed_first - direct_first <= 1.0 and small64 >= 0.85
+             and (demand - alone) < 300)
+    body = (f"wrk with 1 thread, {REPEATS} runs of 5 s per cell and path (the median run is shown), plain HTTP with "
+            "the bearer token, on one appliance: *direct* is Caddy's own route to the engine "
+            f"(`{DIRECT}/v1/...`), *router* is `/v1/...` through Caddy and the router. The streamed chat completion "
+            f"sends {STREAM_TOKENS} tokens {TOKEN_DELAY * 1000:.0f} ms apart; the small completion is answered at "
+            "once by the stand-in engine, so the router's whole cost shows. Router CPU: its user + system time "
+            "over the runs, per request (10 ms clock ticks: coarse).\n\n"
+            + table(["request", "connections", "direct req/s", "router req/s", "ratio", "direct p50 / p99 ms",
+                     "router p50 / p99 ms", "router CPU µs/req"], rows)
+            + f"\n\nTime to the first event of a streamed chat completion, p50 of 40 sequential runs: direct "
+              f"{direct_first:.2f} ms, through the router {routed_first:.2f} ms "
+              f"(**{routed_first - direct_first:+.2f} ms**).\n\n"
+              f"On-demand start, median of {STARTS}: a request for a stopped instance gets its first event after "
+              f"{demand:.0f} ms; the same stand-in engine started by hand answers its first event {alone:.0f} ms "
+              f"after its start; the router and manager add **{demand - alone:.0f} ms** (the manager's start "
+              "through supervisor, its readiness probe, the table pushed to the router).\n\n"
+              "Targets (issue 14): at least 0.95 of direct req/s for the stream at 64 connections, at most +1 ms "
+              "time to first token p50, at least 0.85 for small requests, on-demand overhead under 300 ms. "
+              + ("All met on this run." if meets else
+                 f"Not all met on this run: stream at 64 {stream64:.2f}, small at 64 {small64:.2f}, "
+                 f"TTFT {routed_first - direct_first:+.2f} ms, on-demand {demand - alone:.0f} ms. On "
+                 f"{os.cpu_count()} cores wrk, Caddy, the router and the stand-in engine (itself Python) share the "
+                 "CPU, so every cycle the router spends is taken from the engine; see the reading below."))
+    write_section("router", "Router overhead (Caddy + router vs Caddy to the engine)", body,
+                  "python -m bench router")
+
+
+if __name__ == "__main__":
+    main()
