@@ -8,10 +8,11 @@ RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
 .PHONY: proto run test test-fast test-unit bench lint install engine ray system-packages clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e './client[openai]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,6 +35,7 @@ run: install engine
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy client/vllm_appliance_client
 	$(VENV)/bin/hadolint Dockerfile
 
 # Debian packages the tests use: chromium for the portal's browser tests (never a browser download of

@@ -35,7 +35,24 @@ def environment(settings, config) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, config.gpus))
     if has_option(config.args, SLEEP_MODE):  # vLLM serves /sleep, /wake_up, /is_sleeping only in its dev mode
         env["VLLM_SERVER_DEV_MODE"] = "1"  # (loopback only: Caddy never routes those paths, see render.DEV_PATHS)
+    if lora_enabled(config):  # vLLM registers /v1/load_lora_adapter only with this (reached on loopback only)
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     return {**env, **engine_env(settings), **config.env}  # + the manifest's and boot hooks' env (saved at boot)
+
+
+def lora_enabled(config) -> bool:
+    """LoRA is on: the instance has a `lora` field (even empty), or its args enable it."""
+    return config.lora is not None or has_option(config.args, "--enable-lora")
+
+
+def lora_options(config) -> list[str]:
+    """`--enable-lora --lora-modules name=path ...` for the instance's adapters (validated in app/instance.py)."""
+    if not lora_enabled(config):
+        return []
+    options = [] if has_option(config.args, "--enable-lora") else ["--enable-lora"]
+    if config.lora:
+        options += ["--lora-modules", *(f"{name}={path}" for name, path in config.lora.items())]
+    return options
 
 
 def caches(settings) -> dict[str, str]:
@@ -59,6 +76,7 @@ def program(settings, config, *, gpu_count: int = 0, autostart: bool = True, nam
     args = list(config.args)
     if config.served_model_name and not has_option(args, "--served-model-name"):
         args += ["--served-model-name", config.served_model_name]
+    args += lora_options(config)
     tensor_parallel = (len(config.gpus) if config.gpus is not None
                        else gpu_count if settings.parallel_on_all_gpus else 0)
     argv = serve_argv(settings.vllm_bin, config.model, args, port=config.port, tensor_parallel=tensor_parallel)

@@ -6,7 +6,9 @@ the instance's `port`, the model is a Hugging Face id or a local folder, and siz
 """
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -74,6 +76,42 @@ def model_reference(value: str, *, check_folder: bool = True) -> str:
 
 
 MAX_ALIASES = 16
+MAX_LORA = 64
+# A LoRA adapter's name: what a request's `model` names; plain, so it fits vLLM's `--lora-modules name=path`.
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def lora_adapter(name: str, path: str, *, taken: Sequence[str] = (), check_folder: bool = True) -> None:
+    """One adapter: a plain name no other model of the instance has, a path like a model (a Hub id or a folder)."""
+    if not LORA_NAME.fullmatch(name):
+        raise ValueError(f"LoRA adapter name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+    if name in taken:
+        raise ValueError(f"LoRA adapter name {name!r} is already a name of the instance's model")
+    if "," in path:  # vLLM reads `name=path` only without a comma (else JSON)
+        raise ValueError(f"LoRA adapter {name!r}: the path must not contain ','")
+    try:
+        model_reference(path, check_folder=check_folder)
+    except ValueError as exc:
+        raise ValueError(f"LoRA adapter {name!r}: {str(exc).replace('model ', 'path ', 1)}") from None
+
+
+def _lora_module(value: str) -> dict[str, str]:
+    """One value of vLLM's --lora-modules: `name=path`, or JSON with `name` and `path`."""
+    if "=" in value and "," not in value:
+        name, path = value.split("=", 1)
+        return {name: path}
+    try:
+        module = json.loads(value)
+        return {str(module["name"]): str(module["path"])}
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--lora-modules {value[:80]!r} is neither name=path nor JSON with name and path") from None
+
+
+def lora_adapters(adapters: dict[str, str], *, taken: list[str], check_folder: bool = True) -> None:
+    if len(adapters) > MAX_LORA:
+        raise ValueError(f"at most {MAX_LORA} LoRA adapters")
+    for name, path in adapters.items():
+        lora_adapter(name, path, taken=taken, check_folder=check_folder)
 
 
 class Policy(BaseModel):
@@ -120,6 +158,8 @@ class InstanceConfig(Policy):
     share_gpus: bool = False
     port: int = Field(ge=1024, le=65535)
     served_model_name: str | None = None
+    lora: dict[str, str] | None = Field(None, description="LoRA adapters loaded at start, name -> Hub id or local "
+                                        "folder; {} enables LoRA with none (load them at runtime); null: off")
 
     @model_validator(mode="before")
     @classmethod
@@ -184,6 +224,41 @@ class InstanceConfig(Policy):
     def _served(cls, value: str | None) -> str | None:
         return None if value is None else validation.model_name(value)
 
+    @model_validator(mode="after")
+    def _lora(self, info: ValidationInfo) -> InstanceConfig:
+        if self.lora is not None:
+            try:
+                lora_adapters(self.lora, taken=self.names, check_folder=(info.context or {}).get("check_folder", True))
+            except ValueError as exc:
+                raise ValueError(f"lora: {exc}") from None
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_from_args(cls, data):
+        """`--lora-modules name=path ...` in args (as the llm-d API's options may have it) becomes `lora`, checked as
+        that field is; the JSON form (`{"name": ..., "path": ...}`) too."""
+        if not (isinstance(data, dict) and isinstance(data.get("args"), list)
+                and any(isinstance(a, str) and a.split("=", 1)[0] == "--lora-modules" for a in data["args"])):
+            return data
+        args, found, rest, i = data["args"], {}, [], 0
+        while i < len(args):
+            arg = args[i]
+            if isinstance(arg, str) and arg.split("=", 1)[0] == "--lora-modules":
+                values = [arg.split("=", 1)[1]] if "=" in arg else []
+                i += 1
+                while "=" not in arg and i < len(args) and isinstance(args[i], str) and not args[i].startswith("-"):
+                    values.append(args[i])
+                    i += 1
+                for value in values:
+                    found.update(_lora_module(value))
+                continue
+            rest.append(arg)
+            i += 1
+        if data.get("lora"):
+            raise ValueError("give the adapters as `lora` or as --lora-modules in args, not both")
+        return {**data, "args": rest, "lora": found}
+
     @property
     def name_served(self) -> str:
         """The model name /v1/models lists: --served-model-name if given, else the model."""
@@ -212,6 +287,8 @@ class InstanceRequest(BaseModel):
     share_gpus: bool = False
     served_model_name: str | None = None
     port: int | None = None
+    lora: dict[str, str] | None = Field(None, description="LoRA adapters, name -> Hub id or local folder; {}: LoRA "
+                                        "on with none loaded at start; null: off")
     wait: bool = False
     rollback: bool = True
     timeout: float = Field(1800, gt=0, le=86400, description="seconds to wait for the engine to be ready")

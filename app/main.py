@@ -8,7 +8,20 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import api_docs, cluster, gpu, guard, portal, portal_cluster
-from app.api import activity, bootstrap, caddy, instances, logs, metrics, overview, playground, v2, v2_single
+from app.api import (
+    activity,
+    apps,
+    bootstrap,
+    caddy,
+    instances,
+    logs,
+    lora,
+    metrics,
+    overview,
+    playground,
+    v2,
+    v2_single,
+)
 from app.api import cluster as cluster_api
 from app.api import provisioning as provisioning_api
 from app.manager import Manager
@@ -42,7 +55,9 @@ api_docs.install(app)  # /api/docs with Swagger UI served from the box
 app.mount("/static", StaticFiles(directory=str(get_settings().home / "portal" / "static")), name="static")
 if get_settings().appliance_role == "worker":
     app.include_router(portal_cluster.worker_router)  # first: a worker's / is its own page
+app.include_router(lora.router)  # before instances: its POST .../lora is not an action
 app.include_router(instances.router)
+app.include_router(apps.router)
 app.include_router(caddy.router)
 app.include_router(logs.router)
 app.include_router(v2.router)

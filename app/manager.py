@@ -14,7 +14,7 @@ import asyncio
 import socket
 import time
 
-from app import boot_record, cluster, engine, provisioning, room, routing_table, strategies
+from app import boot_record, cluster, engine, lora, provisioning, room, routing_table, strategies
 from app.actor import Command, InstanceActor, InstanceError, Observation
 from app.effects import Effects
 from app.instance import InstanceConfig, InstanceRequest, Phase, error_message, option_value
@@ -36,6 +36,7 @@ class Manager:
         self.held = boot_record.held(settings)  # engines the boot held back until the Hub answers
         self.router = router or RouterClient(settings)
         self.traffic = Traffic(settings, self.router)  # the router's counts, drain and release
+        self.lora = lora.Runtime()  # LoRA adapters loaded and unloaded at runtime (app/api/lora.py)
         self._publishing: asyncio.Task | None = None
         self._dirty = False  # a change not published yet
 
@@ -102,6 +103,10 @@ class Manager:
         actor = self.actors.get(instance_id)
         return actor.shown_phase() if actor else Phase.STOPPED
 
+    def pid(self, instance_id: str) -> int | None:
+        actor = self.actors.get(instance_id)
+        return actor.rt.pid if actor else None
+
     def engine_pids(self) -> dict[int, str]:
         return {a.rt.pid: i for i, a in self.actors.items() if a.rt.pid}
 
@@ -125,7 +130,7 @@ class Manager:
             port = claims[instance_id].port if instance_id in claims else self.free_port(claims)
         config = InstanceConfig(id=instance_id, model=request.model, args=request.args, env=request.env,
                                 gpus=request.gpus, share_gpus=request.share_gpus,
-                                served_model_name=request.served_model_name, port=port,
+                                served_model_name=request.served_model_name, port=port, lora=request.lora,
                                 **request.policy(claims.get(instance_id)))
         engine.check_environment(self.settings, config)  # what supervisor could not carry
         self.check_gpus_exist(config)
@@ -243,7 +248,7 @@ class Manager:
             saved, actor = self.store.get(config.id), self.actors.get(config.id)
             phase = actor.rt.phase if actor else Phase.STOPPED
             if actor is None or actor.desired is None or config.same_engine(saved):
-                routes.append(_route(config, config.id, phase))
+                routes.append(_route(config, config.id, phase, adapters=self.lora.names(config, self.pid(config.id))))
             elif actor.desired_strategy == "blue_green" and saved is not None:
                 routes += [_route(saved, config.id, phase), _route(config, f"{config.id}_green", Phase.STARTING,
                                                                    on_demand=False)]
@@ -344,10 +349,10 @@ class Manager:
         await self.fx.aclose()
 
 
-def _route(config: InstanceConfig, route_id: str, phase: Phase, on_demand: bool | None = None) -> routing_table.Route:
-    return routing_table.Route(id=route_id, names=config.names, port=config.port, phase=phase,
-                               on_demand=config.on_demand if on_demand is None else on_demand,
-                               max_queue=config.max_queue, queue_timeout=config.queue_timeout)
+def _route(config: InstanceConfig, route_id: str, phase: Phase, on_demand: bool | None = None,
+           adapters: list[str] | None = None) -> routing_table.Route:
+    route = routing_table.route(config, phase, adapters)
+    return route.model_copy(update={"id": route_id, "on_demand": config.on_demand if on_demand is None else on_demand})
 
 
 def _quiet(done: asyncio.Future) -> None:

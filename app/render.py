@@ -62,8 +62,12 @@ class Site:
 # inference routes at the root. Everything else there (/metrics, /docs, LoRA loading, ...) needs the admin token.
 INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify",
                    "/invocations", "/v2/rerank"]
-ADMIN_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instances/*/v1/load_lora_adapter",
-                    "/instances/*/v1/unload_lora_adapter"]
+# The engines' own control endpoints: refused on every public port, whatever the credential; the manager calls them
+# on the engine's loopback port (LoRA: app/lora.py, through POST/DELETE /api/instances/<id>/lora).
+ENGINE_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instances/*/v1/load_lora_adapter",
+                     "/instances/*/v1/unload_lora_adapter"]
+ENGINE_ONLY_MESSAGE = "this engine endpoint is reached through the manager's API only (LoRA: /api/instances/<id>/lora)"
+ADMIN_ONLY_PATHS = ENGINE_ONLY_PATHS  # never a key's either (they are refused to everyone before the keys matter)
 # vllm-bootstrap's REST control plane, served by the manager at the root of the API port (app/api/bootstrap.py).
 BOOTSTRAP_PATHS = ["/launch", "/status/*", "/stop/*", "/logs/*", "/stats"]
 # vLLM's development and control routes (sleep mode, RPC, caches, weights, profiling, scaling): the manager uses
@@ -157,6 +161,7 @@ def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: 
         sites=sites(settings, apps), token=token, admins=admins, keys=keys, basic=basic, ours=ours,
         cookie=COOKIE, session=session, inference_paths=INFERENCE_PATHS,
         bootstrap_paths=BOOTSTRAP_PATHS, admin_only_paths=ADMIN_ONLY_PATHS,
+        engine_only_paths=ENGINE_ONLY_PATHS, engine_only_message=ENGINE_ONLY_MESSAGE,
         upstream_idle=UPSTREAM_IDLE).rstrip() + "\n"
 
 

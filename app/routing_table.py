@@ -17,7 +17,8 @@ from app.settings import Settings
 
 class Route(BaseModel):
     id: str
-    names: list[str]  # the served name first, then the aliases
+    names: list[str]  # the served name first, then the aliases, then the LoRA adapters (every name routed here)
+    adapters: list[str] = Field(default_factory=list)  # which of `names` are LoRA adapters (/v1/models: `parent`)
     port: int  # where the engine answers now (blue/green moves it)
     phase: Phase
     on_demand: bool = True
@@ -25,9 +26,11 @@ class Route(BaseModel):
     queue_timeout: float = 600.0
 
 
-def route(config: InstanceConfig, phase: Phase) -> Route:
-    return Route(id=config.id, names=config.names, port=config.port, phase=phase, on_demand=config.on_demand,
-                 max_queue=config.max_queue, queue_timeout=config.queue_timeout)
+def route(config: InstanceConfig, phase: Phase, adapters: list[str] | None = None) -> Route:
+    """An instance's route. `adapters`: the LoRA adapters it serves now (app/lora.py); by default its static ones."""
+    adapters = list(config.lora or {}) if adapters is None else adapters
+    return Route(id=config.id, names=config.names + adapters, adapters=adapters, port=config.port, phase=phase,
+                 on_demand=config.on_demand, max_queue=config.max_queue, queue_timeout=config.queue_timeout)
 
 
 class Table(BaseModel):

@@ -83,7 +83,10 @@ def launcher_status(phase: Phase | str) -> str:
 
 def options_of(config: dict[str, Any]) -> str:
     """An instance made without the llm-d API, as `options`."""
-    return shlex.join(["--model", config["model"], "--port", str(config["port"]), *config["args"]])
+    lora = config.get("lora")
+    modules = ([] if "--enable-lora" in config["args"] else ["--enable-lora"]) if lora is not None else []
+    modules += ["--lora-modules", *(f"{name}={path}" for name, path in lora.items())] if lora else []
+    return shlex.join(["--model", config["model"], "--port", str(config["port"]), *config["args"], *modules])
 
 
 class Llmd:

@@ -62,7 +62,7 @@ async def listing(state: State, session: aiohttp.ClientSession) -> dict:
                 base = own.get(name) or {"id": name, "object": "model", "created": now, "owned_by": "vllm",
                                          "root": own.get(route.names[0], {}).get("root", name), "parent": None}
                 entry = entries[name] = {**base, "state": route.phase.value, "instance": route.id}
-                if name != route.names[0] and name in route.names:
+                if name != route.names[0] and name in route.names and name not in route.adapters:  # an alias
                     entry["alias_of"] = route.names[0]
                 continue
             # a replica: one entry, the best state among them, every instance named

@@ -79,7 +79,7 @@ class Proxy:
                                   reason=route.get(errors.REASON))
                 return route
             sent = body
-            if model is not None and model != route.names[0] and model in route.names:
+            if model is not None and model != route.names[0] and model in route.names and model not in route.adapters:
                 sent = with_model(request.headers.get("content-type"), body, route.names[0])  # an alias
             try:
                 return await self.forward(request, route, headers, sent, model, started, started_wall)

