@@ -33,8 +33,8 @@ class Activity:
     status: int
     duration: float
     ttft: float | None  # seconds to the first byte of the response body (for a stream: its first event)
-    tokens_in: int | None = None
-    tokens_out: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 def usage(tail: bytes) -> tuple[int | None, int | None]:
@@ -105,9 +105,9 @@ class Stats:
             first.observe(ttft)
         if status == 503 and reason:
             self.unavailable.labels(label, reason).inc()
-        tokens_in, tokens_out = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
+        prompt_tokens, completion_tokens = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
         self.activity.append(Activity(started_wall, model, instance, path, status, round(duration, 6),
-                                      None if ttft is None else round(ttft, 6), tokens_in, tokens_out))
+                                      None if ttft is None else round(ttft, 6), prompt_tokens, completion_tokens))
 
     def recent(self, limit: int) -> list[dict]:
         items = list(self.activity)[-limit:] if limit > 0 else []

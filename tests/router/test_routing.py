@@ -102,7 +102,7 @@ def test_the_router_counts_requests_per_model_and_keeps_the_recent_ones(routed):
         status = router.get("/status").json()["instances"]
     newest = recent[0]
     assert newest["model"] == "code" and newest["instance"] == "coder" and newest["status"] == 200
-    assert newest["tokens_in"] > 0 and newest["tokens_out"] > 0 and 0 < newest["ttft"] <= newest["duration"]
+    assert newest["prompt_tokens"] > 0 and newest["completion_tokens"] > 0 and 0 < newest["ttft"] <= newest["duration"]
     assert status["coder"]["in_flight"] == 0 and status["coder"]["last_active"] > time.time() - 60
     assert 'appliance_router_requests_total{instance="coder",model="code",status="200"}' in metrics
     assert "appliance_router_time_to_first_token_seconds_bucket" in metrics
