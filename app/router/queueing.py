@@ -30,8 +30,9 @@ NO_TABLE_WAIT = 30.0  # seconds a request waits for the first table (the router 
 class Starter:
     """Asks the manager to start instances on demand; remembers why a start was refused."""
 
-    def __init__(self, state: State, session: aiohttp.ClientSession):
+    def __init__(self, state: State, session: aiohttp.ClientSession, started: Callable[[str], None] | None = None):
         self.state, self.session = state, session
+        self.started = started  # counts the starts asked for (the router's metrics)
         self.tasks: dict[str, asyncio.Task] = {}
         self.refused: dict[str, str] = {}  # instance id -> the manager's answer to its last start
         self.probes: dict[str, asyncio.Task] = {}
@@ -40,6 +41,8 @@ class Starter:
         task = self.tasks.get(instance_id)
         if task is None or task.done():
             self.refused.pop(instance_id, None)
+            if self.started:
+                self.started(instance_id)
             loop = asyncio.get_running_loop()
             self.tasks[instance_id] = loop.create_task(self._start(instance_id))
             probe = self.probes.get(instance_id)

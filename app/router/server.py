@@ -36,7 +36,7 @@ def session() -> aiohttp.ClientSession:
 
 
 def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body: int) -> web.Application:
-    proxy = Proxy(state, stats, Starter(state, client), client, max_body)
+    proxy = Proxy(state, stats, Starter(state, client, stats.started_on_demand), client, max_body)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.method == "GET" and request.path == "/v1/models":

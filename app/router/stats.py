@@ -82,6 +82,8 @@ class Stats:
         self.unavailable = Counter("appliance_router_unavailable", "503 answers of the router itself, by model "
                                    "and reason (queue_full, queue_timeout, model_stopped, start_failed, ...).",
                                    ["model", "reason"], registry=self.registry)
+        self.on_demand = Counter("appliance_router_on_demand_starts", "Starts of a stopped instance the router asked "
+                                 "the manager for, because a request named it.", ["instance"], registry=self.registry)
         self.registry.register(_Loads(state))  # type: ignore[arg-type]
         self.activity: deque[Activity] = deque(maxlen=ACTIVITY)
         self._children: dict[tuple, tuple] = {}  # label values -> metric children (labels() costs a lock each)
@@ -108,6 +110,9 @@ class Stats:
         prompt_tokens, completion_tokens = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
         self.activity.append(Activity(started_wall, model, instance, path, status, round(duration, 6),
                                       None if ttft is None else round(ttft, 6), prompt_tokens, completion_tokens))
+
+    def started_on_demand(self, instance_id: str) -> None:
+        self.on_demand.labels(instance_id).inc()
 
     def recent(self, limit: int) -> list[dict]:
         items = list(self.activity)[-limit:] if limit > 0 else []

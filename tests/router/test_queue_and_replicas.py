@@ -30,8 +30,10 @@ def test_a_request_for_a_stopped_model_starts_it_and_is_answered(routed):
         reply = chat(client, routed, "acme/tiny-lazy")
         # answered as soon as the engine answered (the router probes what it started); the manager follows
         wait_state(routed, "lazy", "ready")
+        metrics = client.get(routed.portal_url("/metrics")).text
         client.delete(routed.portal_url("/api/instances/lazy"))
     assert reply.status_code == 200, reply.text
+    assert 'appliance_router_on_demand_starts_total{instance="lazy"} 1.0' in metrics
     assert reply.json()["choices"][0]["message"]["content"].startswith("stand-in reply from acme/tiny-lazy")
 
 
