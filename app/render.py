@@ -52,7 +52,7 @@ class Site:
     external_port: int
     upstream: str
     auth: bool
-    routes: Path | None = None  # per-instance routes imported into this site (the vLLM API port)
+    routes: Path | None = None  # the fixed rules imported into this site (the vLLM API port: dev routes refused)
     portal: bool = False  # the manager: told how a request authenticated, and sent its own loopback Host
     inference: bool = False  # the vLLM API port: inference-only keys (API_KEYS) pass on its inference routes
     manager: str | None = None  # the API port: the manager's address, for vllm-bootstrap's paths (BOOTSTRAP_PATHS)
@@ -145,9 +145,10 @@ def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
             for a in apps if a.proxied]
 
 
-def caddy_routes(settings: Settings, instances) -> str:
-    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances,
-                                                                           dev_paths=DEV_PATHS)
+def caddy_routes(settings: Settings) -> str:
+    """The API port's fixed rules. No port of an engine is in it: the router serves /instances/<id>/..., so an
+    instance added, removed or moved to another port (blue/green) never reloads Caddy."""
+    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, dev_paths=DEV_PATHS)
 
 
 def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: list[str], keys: list[str],
