@@ -58,8 +58,9 @@ class Site:
     manager: str | None = None  # the API port: the manager's address, for vllm-bootstrap's paths (BOOTSTRAP_PATHS)
 
 
-# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes and vLLM's
-# inference routes at the root. Everything else there (/metrics, /docs, LoRA loading, ...) needs the admin token.
+# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes (the router's
+# /instances/<id>/...) and vLLM's inference routes at the root. Everything else there (/metrics, /docs, LoRA
+# loading, ...) needs the admin token.
 INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify",
                    "/invocations", "/v2/rerank"]
 # The engines' own control endpoints: refused on every public port, whatever the credential; the manager calls them
