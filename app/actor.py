@@ -224,10 +224,7 @@ class InstanceActor:
                   f"after {self.manager.settings.gpu_release_timeout:.0f} s; starting the new engine anyway",
                   flush=True)
         await self.fx.apply({self.program})
-        refused = await self.start_program()
-        if previous is None or previous.port != config.port:
-            await self.manager.routes_changed()
-        return refused
+        return await self.start_program()
 
     async def start_program(self, program: str | None = None) -> str | None:
         """supervisor starts the program; returns why supervisor refused (e.g. the `vllm` command not found)."""
@@ -311,7 +308,6 @@ class InstanceActor:
         self.fx.remove_program(self.program)
         await self.fx.apply({self.program})
         self.fx.remove_log(self.id)
-        await self.manager.routes_changed()
         self._set(Phase.STOPPED)
         self.rt.restarts = 0
         return {**config.model_dump(), "state": "deleted"}

@@ -130,7 +130,6 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
     # The router's first table: every engine on its way (the manager publishes the phases as they come).
     routing_table.write(settings, routing_table.Table(manager_port=ports.manager_port, routes=[
         routing_table.route(c, Phase.WAITING if c.id in held else Phase.STARTING) for c in store.instances.values()]))
-    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, store.instances.values()))
     return programs
 
 
@@ -168,7 +167,6 @@ def cluster_programs(settings: Settings, ports: portal_config.Ports, token: str)
     programs = [ray] if ray else []
     if role != "worker":
         return programs + engine_programs(settings, ports)
-    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings, []))  # Caddy imports it: no engines
     headless = multinode.headless_program(settings)
     if headless:
         log(f"worker's share of the head's engine ({multinode.HEADLESS}): node rank {settings.multinode_rank} of "
@@ -208,6 +206,7 @@ def _boot(settings: Settings) -> Path:
     write_atomic(settings.supervisord_conf, render.supervisord_conf(settings, sys.executable))
     render.write_programs(settings, programs)
     write_atomic(settings.caddyfile, caddyfile, mode=0o600)
+    write_atomic(settings.caddy_routes_file, render.caddy_routes(settings))  # the API port's fixed rules (imported)
 
     portal = ports.portal
     if portal:

@@ -1,5 +1,5 @@
 """The lifecycle's outside world, behind one small interface: supervisor, the engine's HTTP API, program files,
-Caddy, GPUs (NVML), logs and the Hugging Face Hub.
+GPUs (NVML), logs and the Hugging Face Hub.
 
 `Effects` is what the actors and the manager call; unit tests give them `tests/unit/fakes.py` instead, so every
 transition can be driven without processes. The blocking calls (XML-RPC, NVML, files) run in threads.
@@ -10,7 +10,7 @@ import asyncio
 
 import httpx
 
-from app import caddy_config, engine, gpu, hub, logs, render, stats
+from app import engine, gpu, hub, logs, render, stats
 from app.instance import InstanceConfig
 from app.settings import Settings
 from app.supervisor import Supervisor
@@ -98,18 +98,6 @@ class Effects:
             return bool(answer.json()["is_sleeping"]) if answer.status_code == 200 else None
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
-
-    # --- Caddy ---------------------------------------------------------------------------------------------------
-    async def reload_routes(self, configs: list[InstanceConfig]) -> None:
-        """Re-render the per-instance routes and reload Caddy gracefully (open connections are kept)."""
-        routes = render.caddy_routes(self.settings, configs)
-        file = self.settings.caddy_routes_file
-        if file.exists() and file.read_text() == routes:
-            return
-        render.write_atomic(file, routes)
-        problem = await asyncio.to_thread(caddy_config.reload, self.settings)
-        if problem:
-            print(f"manager: caddy reload failed: {problem}", flush=True)
 
     # --- GPUs ----------------------------------------------------------------------------------------------------
     def gpu_count(self) -> int:

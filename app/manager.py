@@ -235,9 +235,6 @@ class Manager:
     async def delete(self, instance_id: str) -> dict:
         return await self.command(instance_id, "delete")
 
-    async def routes_changed(self) -> None:
-        await self.fx.reload_routes(list(self.store.instances.values()))
-
     # --- the router's table -------------------------------------------------------------------------------------
     def table(self) -> routing_table.Table:
         """A route per instance. An accepted swap shows at once: with `restart`, the new names, `starting` (requests
@@ -336,7 +333,6 @@ class Manager:
         if added or changed or removed:
             print(f"manager: reconciled programs with the saved state: added {added}, replaced {changed}, "
                   f"removed {removed}", flush=True)
-        await self.routes_changed()
         for instance_id in saved:
             self.actor(instance_id)
         await self.observe()

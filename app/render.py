@@ -52,14 +52,15 @@ class Site:
     external_port: int
     upstream: str
     auth: bool
-    routes: Path | None = None  # per-instance routes imported into this site (the vLLM API port)
+    routes: Path | None = None  # the fixed rules imported into this site (the vLLM API port: dev routes refused)
     portal: bool = False  # the manager: told how a request authenticated, and sent its own loopback Host
     inference: bool = False  # the vLLM API port: inference-only keys (API_KEYS) pass on its inference routes
     manager: str | None = None  # the API port: the manager's address, for vllm-bootstrap's paths (BOOTSTRAP_PATHS)
 
 
-# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes and vLLM's
-# inference routes at the root. Everything else there (/metrics, /docs, LoRA loading, ...) needs the admin token.
+# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes (the router's
+# /instances/<id>/...) and vLLM's inference routes at the root. Everything else there (/metrics, /docs, LoRA
+# loading, ...) needs the admin token.
 INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify",
                    "/invocations", "/v2/rerank"]
 # The engines' own control endpoints: refused on every public port, whatever the credential; the manager calls them
@@ -145,9 +146,10 @@ def sites(settings: Settings, apps: list[PortalApp]) -> list[Site]:
             for a in apps if a.proxied]
 
 
-def caddy_routes(settings: Settings, instances) -> str:
-    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, instances=instances,
-                                                                           dev_paths=DEV_PATHS)
+def caddy_routes(settings: Settings) -> str:
+    """The API port's fixed rules. No port of an engine is in it: the router serves /instances/<id>/..., so an
+    instance added, removed or moved to another port (blue/green) never reloads Caddy."""
+    return _templates(settings).get_template("caddy/instances.caddy.j2").render(marker=MARKER, dev_paths=DEV_PATHS)
 
 
 def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: list[str], keys: list[str],

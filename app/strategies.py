@@ -129,8 +129,7 @@ async def blue_green(actor: InstanceActor, command: Command, old: InstanceConfig
     blue, actor.program, actor.retiring_port = actor.program, green, old.port
     info = await fx.info(green)
     actor.rt.pid = (info or {}).get("pid") or actor.rt.pid
-    actor._set(Phase.READY)  # publishes the table: the router sends new requests to the new port from now on
-    await manager.routes_changed()  # the per-instance route follows
+    actor._set(Phase.READY)  # publishes the table: the router sends new requests (/instances/<id>/ too) there now
     try:
         await drain_port(actor, old.port)
         await remove(actor, blue)

@@ -15,15 +15,20 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from app import caddy_config
+from app.settings import Settings
 from bench.report import table, write_section
 from tests.appliance import Appliance
 
 CONNECTIONS = [1, 16, 64]
-VIA_CADDY = "/instances/vllm"  # Caddy's own route to the engine (the router's overhead is bench/router.py's)
+# Caddy's own route to the engine, added by add_direct_route: the appliance has none (its /instances/<id>/ go through
+# the router, whose overhead is bench/router.py's).
+DIRECT = VIA_CADDY = "/direct"
 DURATION = "5s"
 REPEATS = 3  # wrk runs per cell and path; the table shows the median run
 TOKEN_DELAY = 0.01  # the stand-in's gap between streamed tokens, s
@@ -35,6 +40,19 @@ wrk.body = {body}
 """
 STREAM_BODY = {"model": "acme/bench", "stream": True, "max_tokens": STREAM_TOKENS,
                "messages": [{"role": "user", "content": "one two three four five six seven eight " * 8}]}
+
+
+def add_direct_route(app: Appliance) -> None:
+    """A Caddy route straight to the engine of `vllm` at DIRECT, for the comparisons: appended to the API site's
+    imported rules (after auth, before the router), then Caddy reloaded."""
+    settings = Settings(APPLIANCE_ROOT=str(app.root))
+    with settings.caddy_routes_file.open("a") as rules:
+        rules.write(f"handle_path {DIRECT}/* {{\n\treverse_proxy 127.0.0.1:{app.engine_port()} {{\n"
+                    "\t\timport proxy_options\n\t}\n}\n")
+    caddy = shutil.which("caddy") or str(Path(sys.executable).parent / "caddy")  # the venv's, as entrypoint.sh
+    subprocess.run([caddy, "reload", "--config", str(settings.caddyfile), "--adapter", "caddyfile", "--address",
+                    f"unix/{settings.caddy_admin_socket}"], check=True, capture_output=True, timeout=30,
+                   env=caddy_config.caddy_environment(settings))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -104,6 +122,7 @@ def main() -> None:
                              "ENABLE_HTTPS": str(https).lower(), "FAKE_VLLM_TOKEN_DELAY": str(TOKEN_DELAY)})
             app.start()
             try:
+                add_direct_route(app)
                 direct = f"http://127.0.0.1:{app.engine_port()}"
                 caddy = int(app.supervisorctl("pid", "caddy").stdout.strip())
                 for workload, path, lua in workloads:

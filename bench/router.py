@@ -1,11 +1,13 @@
 """Router overhead: through Caddy and the router vs through Caddy straight to the engine, in the same run.
 
 Both paths go through Caddy with auth: `/v1/...` reaches the engine through the router (which reads `model` and
-streams), `/instances/vllm/v1/...` is Caddy's own route to the same engine. Load generator: wrk (Debian's package),
-plain HTTP so that TLS (the same on both paths) does not take the CPU the comparison needs. Workloads: a streamed
-chat completion (16 tokens, 10 ms apart, as an engine answers) and a small non-streamed completion (the stand-in
-answers at once, so the whole of the router's cost shows). Also: the on-demand start overhead (time to the first
-token of a request for a stopped model, minus the time the same engine takes to start and answer by itself).
+streams), `/direct/v1/...` is a Caddy route straight to the same engine that only this bench adds (in the API site's
+imported rules, after auth; the appliance sends `/instances/<id>/...` through the router too). Load generator: wrk
+(Debian's package), plain HTTP so that TLS (the same on both paths) does not take the CPU the comparison needs.
+Workloads: a streamed chat completion (16 tokens, 10 ms apart, as an engine answers) and a small non-streamed
+completion (the stand-in answers at once, so the whole of the router's cost shows). Also: the on-demand start
+overhead (time to the first token of a request for a stopped model, minus the time the same engine takes to start
+and answer by itself).
 """
 from __future__ import annotations
 
@@ -20,7 +22,18 @@ from pathlib import Path
 
 import httpx
 
-from bench.proxy import REPEATS, STREAM_BODY, STREAM_TOKENS, TOKEN_DELAY, cpu_seconds, local_model, median_run, wrk
+from bench.proxy import (
+    DIRECT,
+    REPEATS,
+    STREAM_BODY,
+    STREAM_TOKENS,
+    TOKEN_DELAY,
+    add_direct_route,
+    cpu_seconds,
+    local_model,
+    median_run,
+    wrk,
+)
 from bench.report import table, write_section
 from tests.appliance import FAKES, Appliance, free_port
 
@@ -30,7 +43,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = {body}
 """
 SMALL_BODY = {"model": "acme/bench", "prompt": "hello there", "max_tokens": 4}
-DIRECT = "/instances/vllm"
 STARTS = 7
 TTFT_RUNS = 100
 
@@ -108,6 +120,7 @@ def main() -> None:
         app = Appliance(Path(tmp) / "root", env)
         app.start()
         try:
+            add_direct_route(app)
             router = int(app.supervisorctl("pid", "router").stdout.strip())
             streamed = f"streamed chat, {STREAM_TOKENS} tokens"
             for label, path, lua in ((streamed, "/v1/chat/completions", scripts["stream"]),
@@ -143,7 +156,7 @@ def main() -> None:
     meets = (stream64 >= 0.95 and routed_first - direct_first <= 1.0 and small64 >= 0.85
              and (demand - alone) < 300)
     body = (f"wrk with 1 thread, {REPEATS} runs of 5 s per cell and path (the median run is shown), plain HTTP with "
-            "the bearer token, on one appliance: *direct* is Caddy's own route to the engine "
+            "the bearer token, on one appliance: *direct* is a Caddy route straight to the engine, added by the bench "
             f"(`{DIRECT}/v1/...`), *router* is `/v1/...` through Caddy and the router. The streamed chat completion "
             f"sends {STREAM_TOKENS} tokens {TOKEN_DELAY * 1000:.0f} ms apart; the small completion is answered at "
             "once by the stand-in engine, so the router's whole cost shows. Router CPU: its user + system time "

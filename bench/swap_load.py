@@ -121,10 +121,7 @@ def main() -> None:
             + table(["strategy", "clients", "requests", "failed", "longest gap s", "swap s"], rows)
             + "\n\n50 requests naming the new model, sent the moment a swap to it is accepted (`wait=false`):\n\n"
             + table(["strategy", "sent", "answered by the new model", "failed"], fifties)
-            + "\n\nA `RemoteProtocolError` is a request dropped by Caddy's reload (blue/green moves the engine's port, "
-            "so the per-instance route changes): a reload closes idle HTTP/1.1 keep-alive connections, and a request "
-            "sent on one at that moment is lost (see [routing](routing.md#swap-strategies)); none failed in the router."
-            "\n\nTargets: 0 failed requests; no gap with blue/green; with restart the added wait is the engine's "
+            + "\n\nTargets: 0 failed requests; no gap with blue/green; with restart the added wait is the engine's "
             "start; 50 of 50 from the new model.")
     write_section("swap_load", "Swaps under load (router)", body, "python -m bench swap_load")
 

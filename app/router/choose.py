@@ -1,7 +1,8 @@
 """The routing rules, as pure functions of the table and the loads (unit-tested without any server).
 
 For a name (a served name or an alias; None: the table's default instance) the instances that answer to it are
-its replicas. `decide` says what to do with a request now:
+its replicas; a per-instance request (`/instances/<id>/...`) has one candidate, that instance. `decide` says what
+to do with a request now:
 - `forward`: to the ready replica (not held by a drain) with the fewest requests in flight; equally busy ones take
   turns (fewest sent so far);
 - `queue`: none is ready, but one is on its way (starting, waiting, stopping), or held by a drain (whatever its
@@ -9,7 +10,7 @@ its replicas. `decide` says what to do with a request now:
 - `start`: none runs and one may be started on demand: ask the manager, then wait;
 - `stopped`: none runs and none starts on demand: refuse (503, saying how to start it);
 - `unreachable`: the ready replicas all refused the connection for this request;
-- `unknown`: no instance has that name (404).
+- `unknown`: no instance has that name (or that id) (404).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Literal
 
 from app.instance import Phase
 from app.routing_table import Route
+from app.validation import INSTANCE_ID
 
 from .state import State
 
@@ -56,8 +58,13 @@ def pick(candidates: list[Route], state: State, exclude: Collection[str] = ()) -
     return best
 
 
-def decide(state: State, name: str | None, exclude: Collection[str] = ()) -> Decision:
-    candidates = replicas(state, name)
+def decide(state: State, name: str | None, exclude: Collection[str] = (), instance: str | None = None) -> Decision:
+    """What to do with a request for `name`, or, when `instance` is given, for that instance whatever its names."""
+    if instance is not None:
+        route = state.routes.get(instance) if INSTANCE_ID.fullmatch(instance) else None  # never a `<id>_green`
+        candidates = [route] if route else []
+    else:
+        candidates = replicas(state, name)
     if not candidates:
         return Decision("unknown")
     route = pick(candidates, state, exclude)

@@ -24,6 +24,12 @@ def model_not_found(model: str | None, known: list[str]) -> web.Response:
     return error(404, f"{what}. Models here: {names}.", "NotFoundError", "model_not_found")
 
 
+def instance_not_found(instance: str, known: list[str]) -> web.Response:
+    ids = ", ".join(known) if known else "none"
+    return error(404, f"The instance `{instance}` does not exist (/instances/<id>/...). Instances here: {ids}.",
+                 "NotFoundError", "instance_not_found")
+
+
 def unavailable(message: str, retry_after: float, code: str = "model_unavailable") -> web.Response:
     return error(503, message, "ServiceUnavailableError", code, retry_after=retry_after)
 

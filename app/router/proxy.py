@@ -6,6 +6,10 @@ as it came to the engine chosen for that name; the response is streamed back chu
 goes away cancels the handler (handler_cancellation), which closes the engine's connection: the engine sees the
 disconnect and stops generating. A replica that refuses the connection (nothing was sent) is skipped and the next
 one tried.
+
+A per-instance request, `/instances/<id>/<rest>`, goes to that instance by id, whatever its body says: the prefix is
+stripped and `/<rest>` (query included) sent to the instance's current port, the body as sent (no `model` read, no
+alias rewritten). It is counted, queued, held and started on demand like any other request for the instance.
 """
 from __future__ import annotations
 
@@ -33,6 +37,17 @@ LOOKUP_EVERY = 1.0  # seconds between two lookups of unknown names in the engine
 TAIL_CHUNKS = 3  # the response's last chunks kept for its `usage`
 TAIL = 8192
 WHOLE = 65536  # answers of known length up to this size are read whole, then sent (one write instead of two)
+PER_INSTANCE = "/instances/"
+
+
+def per_instance(raw_path: str) -> tuple[str, str] | None:
+    """(instance id, the path the engine gets) of a per-instance request (`/instances/<id>/<rest>`), else None."""
+    if not raw_path.startswith(PER_INSTANCE):
+        return None
+    tail = raw_path[len(PER_INSTANCE):]
+    cut = min((i for i in (tail.find("/"), tail.find("?")) if i >= 0), default=len(tail))
+    rest = tail[cut:]
+    return tail[:cut], rest if rest.startswith("/") else "/" + rest
 
 
 def forward_headers(headers, skip: frozenset[str]) -> CIMultiDict:
@@ -69,11 +84,14 @@ class Proxy:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return errors.too_large(self.max_body)
-        model = model_of(request.headers.get("content-type"), body)
+        target = per_instance(request.raw_path)
+        instance, path = target if target else (None, request.raw_path)
+        model = model_of(request.headers.get("content-type"), body) if instance is None else None
         headers = forward_headers(request.headers, NOT_FORWARDED)
         refused: set[str] = set()
         while True:
-            route = await wait_for_route(self.state, self.starter, model, frozenset(refused), self.lookup)
+            route = await wait_for_route(self.state, self.starter, model, frozenset(refused),
+                                         self.lookup if instance is None else None, instance)
             if isinstance(route, web.Response):
                 self.stats.record(model, None, request.path, route.status, started, started_wall, None,
                                   reason=route.get(errors.REASON))
@@ -82,17 +100,17 @@ class Proxy:
             if model is not None and model != route.names[0] and model in route.names and model not in route.adapters:
                 sent = with_model(request.headers.get("content-type"), body, route.names[0])  # an alias
             try:
-                return await self.forward(request, route, headers, sent, model, started, started_wall)
+                return await self.forward(request, route, path, headers, sent, model, started, started_wall)
             except aiohttp.ClientConnectorError:
                 refused.add(route.id)  # nothing was sent: another replica may take it
 
-    async def forward(self, request: web.Request, route: Route, headers: CIMultiDict, body: bytes,
+    async def forward(self, request: web.Request, route: Route, path: str, headers: CIMultiDict, body: bytes,
                       model: str | None, started: float, started_wall: float) -> web.StreamResponse:
         state = self.state
         state.begin(route)
         status, ttft, tail, prepared = 502, None, b"", False
         try:
-            url = URL(f"http://127.0.0.1:{route.port}{request.raw_path}", encoded=True)  # the path as sent
+            url = URL(f"http://127.0.0.1:{route.port}{path}", encoded=True)  # the path as sent (less /instances/<id>)
             async with self.session.request(request.method, url, headers=headers, data=body or None,
                                             allow_redirects=False) as upstream:
                 status = upstream.status

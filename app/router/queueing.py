@@ -17,6 +17,7 @@ from aiohttp import web
 
 from app.instance import Phase
 from app.routing_table import Route
+from app.validation import INSTANCE_ID
 
 from . import errors
 from .choose import decide
@@ -107,9 +108,11 @@ def _wait_hint(route: Route) -> str:
 
 
 async def wait_for_route(state: State, starter: Starter, name: str | None, exclude: frozenset[str] = frozenset(),
-                         lookup: Callable[[], Awaitable[None]] | None = None) -> Route | web.Response:
+                         lookup: Callable[[], Awaitable[None]] | None = None,
+                         instance: str | None = None) -> Route | web.Response:
     """The route to send the request to, once there is one; or the error answer (404, 503). `lookup` asks the
-    engines for names the table lacks (LoRA adapters), once, before a name is called unknown."""
+    engines for names the table lacks (LoRA adapters), once, before a name is called unknown. `instance`: a
+    per-instance request, for that instance by id (`name` is then ignored)."""
     deadline = time.monotonic() + NO_TABLE_WAIT
     while state.table is None:
         if not await state.wait_change(deadline - time.monotonic()):
@@ -119,8 +122,11 @@ async def wait_for_route(state: State, starter: Starter, name: str | None, exclu
     asked: set[str] = set()
     try:
         while True:
-            decision = decide(state, name, exclude)
+            decision = decide(state, name, exclude, instance)
             if decision.action == "unknown":
+                if instance is not None:
+                    return errors.instance_not_found(instance, sorted(i for i in state.routes
+                                                                      if INSTANCE_ID.fullmatch(i)))
                 if lookup is not None and name is not None:
                     await lookup()
                     lookup = None

@@ -21,8 +21,8 @@ def app(boot_session):
     return boot_session({"VLLM_MODEL": "acme/tiny-chat"})
 
 
-def chat(client, app, model: str, stream: bool = False, **extra):
-    return client.post(app.api_url("/v1/chat/completions"), json={
+def chat(client, app, model: str, stream: bool = False, path: str = "/v1/chat/completions", **extra):
+    return client.post(app.api_url(path), json={
         "model": model, "stream": stream, "messages": [{"role": "user", "content": "one two three"}], **extra})
 
 
@@ -31,20 +31,24 @@ def state(app, client, instance: str) -> dict:
 
 
 class Load:
-    """`clients` threads sending small chat requests for `model` back to back until stopped."""
+    """`clients` threads sending small chat requests for `model` back to back until stopped; every other one on the
+    per-instance route `/instances/<instance>/v1/...` (when `instance` is given)."""
 
-    def __init__(self, app, model: str, clients: int = 8):
+    def __init__(self, app, model: str, clients: int = 8, instance: str | None = None):
         self.app, self.model, self.stop = app, model, threading.Event()
         self.done: list[tuple[float, float, int, str]] = []  # start, end, status, which engine answered
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        per_instance = f"/instances/{instance}/v1/chat/completions"
+        self.threads = [threading.Thread(target=self._run, daemon=True,
+                                         args=(per_instance if instance and n % 2 else "/v1/chat/completions",))
+                        for n in range(clients)]
 
-    def _run(self) -> None:
+    def _run(self, path: str) -> None:
         with self.app.client(timeout=120) as client:
             while not self.stop.is_set():
                 started = time.monotonic()
                 try:
-                    answer = chat(client, self.app, self.model, max_tokens=4)
+                    answer = chat(client, self.app, self.model, path=path, max_tokens=4)
                     status, engine = answer.status_code, answer.headers.get("x-stand-in-model", "")
                 except Exception as exc:  # noqa: BLE001 (a transport error is a failed request)
                     status, engine = 0, repr(exc)
@@ -99,21 +103,14 @@ def test_a_stream_in_flight_finishes_across_a_restart_swap(app):
         assert client.delete(app.portal_url("/api/instances/talk")).status_code == 200
 
 
-CADDY_RELOAD = pytest.mark.xfail(strict=False, reason=(
-    "blue/green moves the engine's port, so the per-instance route changes and Caddy reloads; a reload closes idle "
-    "HTTP/1.1 keep-alive connections, and a client that sent its next request on one just then sees it dropped "
-    "(measured: 1-8 of ~2,000 requests per reload). Goes away once /instances/<id>/ is routed by the router and "
-    "instances.caddy no longer names ports."))
-
-
-@pytest.mark.parametrize("strategy", [pytest.param("blue_green", marks=CADDY_RELOAD), "restart"])
+@pytest.mark.parametrize("strategy", ["blue_green", "restart"])
 def test_a_swap_under_steady_load_fails_no_request(app, strategy):
     name = f"load-{strategy.replace('_', '-')}"
     with app.client(timeout=120) as client:
         assert put(app, client, name, model="acme/load-1", served_model_name=name, wait=True).json()["result"] \
             == "ready"
         before = state(app, client, name)["port"]
-        with Load(app, name) as load:
+        with Load(app, name, instance=name) as load:
             swapped_at = time.monotonic()
             swapped = put(app, client, name, model="acme/load-2", served_model_name=name, strategy=strategy,
                           wait=True)

@@ -72,7 +72,8 @@ def test_a_config_saved_but_not_applied_before_the_manager_died_is_applied_when_
         assert [i["id"] for i in client.get(app.portal_url("/api/instances")).json()] == ["vllm"]
         assert not (app.root / "etc/supervisor/conf.d/extra.conf").exists()
         assert "extra" not in app.supervisorctl("status").stdout
-        assert "/instances/extra/" not in (app.root / "etc/caddy/instances.caddy").read_text()
+        gone = client.get(app.api_url("/instances/extra/v1/models"))
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "instance_not_found"
     assert len(engines(app)) == 1
 
 

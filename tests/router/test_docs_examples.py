@@ -54,7 +54,8 @@ def test_the_curl_examples(documented):
                               text=True, timeout=60, env={**os.environ, "TOKEN": documented.token})
         assert done.returncode == 0, (block, done.stderr)
         outputs.append(documents(done.stdout))
-    chat, (instance, completion), models, missing, (policy,) = outputs
+    chat, (instance, completion), (engine_list,), models, missing, (policy,) = outputs
+    assert [m["id"] for m in engine_list["data"]] == ["Qwen/Qwen2.5-Coder-0.5B-Instruct"]  # /instances/coder/: its own
     assert chat[0]["choices"][0]["message"]["content"].startswith("stand-in reply from Qwen/Qwen2.5-Coder")
     assert instance["result"] == "ready" and instance["aliases"] == ["coder"]
     assert completion["model"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"

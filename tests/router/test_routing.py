@@ -47,6 +47,28 @@ def test_an_unknown_model_is_404_with_an_openai_error_naming_the_models(routed):
     assert all(name in error["message"] for name in ("acme/tiny-chat", "acme/tiny-coder", "code"))
 
 
+def test_a_per_instance_route_reaches_that_instance_by_id_counted_by_the_router(routed):
+    with routed.client() as client:
+        base = routed.api_url("/instances/coder")
+        plain = client.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        alias = client.post(f"{base}/v1/chat/completions", json={"model": "code", "messages": []})
+        listed = client.get(f"{base}/v1/models?x=1")
+        unknown = client.get(routed.api_url("/instances/nope/v1/models"))
+    # no model: the instance's engine, not the default instance's; the body goes as sent (an alias is not rewritten)
+    assert plain.status_code == 200 and plain.headers["x-stand-in-model"] == "acme/tiny-coder"
+    assert alias.status_code == 404 and alias.headers["x-stand-in-model"] == "acme/tiny-coder"
+    assert [m["id"] for m in listed.json()["data"]] == ["acme/tiny-coder"]  # the engine's own list
+    assert "GET /v1/models?x=1 HTTP/1.1" in routed.log("coder")  # the prefix stripped, the query kept
+    error = unknown.json()["error"]
+    assert unknown.status_code == 404 and error["code"] == "instance_not_found" and error["type"] == "NotFoundError"
+    assert "`nope`" in error["message"] and "coder, vllm" in error["message"]
+    with control(routed) as router:
+        recent = router.get("/activity", params={"limit": 4}).json()["requests"]
+    assert [(r["instance"], r["path"]) for r in recent[1:]] == [
+        ("coder", "/instances/coder/v1/models"), ("coder", "/instances/coder/v1/chat/completions"),
+        ("coder", "/instances/coder/v1/chat/completions")]
+
+
 def test_v1_models_lists_every_instance_with_its_state(routed):
     put(routed, "idle", model="acme/tiny-idle", on_demand=False)
     with routed.client(timeout=60) as client:

@@ -22,7 +22,6 @@ class FakeEffects:
         self.gpus = gpus
         self.pids = itertools.count(1000)
         self.calls: list[tuple] = []
-        self.routes_reloads = 0
         self.removed_logs: list[str] = []
         self.hub_answers: list[Answer] = []
         self.spawn_errors: dict[str, str] = {}
@@ -99,9 +98,6 @@ class FakeEffects:
 
     async def is_sleeping(self, config: InstanceConfig) -> bool | None:
         return config.port in self.asleep
-
-    async def reload_routes(self, configs) -> None:
-        self.routes_reloads += 1
 
     def gpu_count(self) -> int:
         return self.gpus

@@ -10,6 +10,7 @@ import pytest
 from app.instance import Phase
 from app.router.choose import decide
 from app.router.extract import model_of, with_model
+from app.router.proxy import per_instance
 from app.router.queueing import Starter, wait_for_route
 from app.router.state import State
 from app.router.stats import usage
@@ -168,6 +169,34 @@ def test_unknown_model_is_404_naming_the_models():
         error = json.loads(answer.text)["error"]
         assert answer.status == 404 and error["code"] == "model_not_found" and error["type"] == "NotFoundError"
         assert "acme/chat" in error["message"] and "chat" in error["message"] and "gpt-4" in error["message"]
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("/instances/coder/v1/chat/completions?x=1", ("coder", "/v1/chat/completions?x=1")),
+    ("/instances/coder", ("coder", "/")), ("/instances/coder?x", ("coder", "/?x")), ("/instances/", ("", "/")),
+    ("/v1/models", None), ("/instancesx/coder/v1", None)])
+def test_a_per_instance_path_names_the_instance_and_the_engine_path(raw, expected):
+    assert per_instance(raw) == expected
+
+
+def test_a_per_instance_request_goes_to_that_instance_by_id_whatever_its_names():
+    async def run():
+        state = State(table(route("vllm", "m", port=18001), route("coder", "m", port=18002),
+                            route("coder_green", "m2", port=18003, phase=Phase.STARTING),
+                            route("s", phase=Phase.STOPPED), route("off", phase=Phase.STOPPED, on_demand=False)))
+        for _ in range(3):  # never balanced to a replica with the same name
+            assert decide(state, None, instance="coder").route.id == "coder"
+        assert decide(state, "m", instance="vllm").route.id == "vllm"
+        assert decide(state, None, instance="s").action == "start"
+        assert decide(state, None, instance="off").action == "stopped"
+        assert decide(state, None, instance="coder_green").action == "unknown"  # a swap's new engine is no instance
+        state.held.add("coder")
+        assert decide(state, None, instance="coder").action == "queue"  # drained: queued like any other request
+        answer = await wait_for_route(state, NoStarts(state), None, instance="coder_green")
+        error = json.loads(answer.text)["error"]
+        assert answer.status == 404 and error["code"] == "instance_not_found"
+        assert error["message"].endswith("Instances here: coder, off, s, vllm.")
     asyncio.run(run())
 
 
