@@ -58,11 +58,12 @@ class Site:
     manager: str | None = None  # the API port: the manager's address, for vllm-bootstrap's paths (BOOTSTRAP_PATHS)
 
 
-# Where an inference-only key passes on the API port: vLLM's OpenAI routes, the per-instance routes (the router's
-# /instances/<id>/...) and vLLM's inference routes at the root. Everything else there (/metrics, /docs, LoRA
+# Where an inference-only key passes on the API port: vLLM's OpenAI routes and inference routes, at the root and
+# under the per-instance prefix (the router's /instances/<id>/...). Everything else there (/metrics, /docs, LoRA
 # loading, ...) needs the admin token.
-INFERENCE_PATHS = ["/v1/*", "/instances/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify",
-                   "/invocations", "/v2/rerank"]
+_INFERENCE_ROOT = ["/v1/*", "/tokenize", "/detokenize", "/pooling", "/score", "/rerank", "/classify", "/invocations",
+                   "/v2/rerank"]
+INFERENCE_PATHS = _INFERENCE_ROOT + [f"/instances/*{path}" for path in _INFERENCE_ROOT]
 # The engines' own control endpoints: refused on every public port, whatever the credential; the manager calls them
 # on the engine's loopback port (LoRA: app/lora.py, through POST/DELETE /api/instances/<id>/lora).
 ENGINE_ONLY_PATHS = ["/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/instances/*/v1/load_lora_adapter",

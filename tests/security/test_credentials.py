@@ -75,7 +75,7 @@ def test_a_key_passes_with_the_openai_client_on_the_inference_routes(secured):
 
 
 @pytest.mark.parametrize("where", ["portal-health", "portal-stop", "api-metrics", "api-docs", "api-dotdot", "app",
-                                   "lora"])
+                                   "lora", "instance-metrics", "instance-dotdot"])
 def test_a_key_is_refused_everywhere_else(secured, where):
     port, method, path = {
         "portal-health": (secured.portal_port, "GET", "/api/health"),
@@ -85,6 +85,8 @@ def test_a_key_is_refused_everywhere_else(secured, where):
         "api-dotdot": (secured.api_port, "GET", "/v1/../metrics"),
         "app": (secured.app_port, "GET", "/page"),
         "lora": (secured.api_port, "POST", "/v1/load_lora_adapter"),
+        "instance-metrics": (secured.api_port, "GET", "/instances/vllm/metrics"),
+        "instance-dotdot": (secured.api_port, "GET", "/instances/vllm/v1/../metrics"),
     }[where]
     Recorder.seen.clear()
     with secured.client(auth=False) as client:
