@@ -35,7 +35,7 @@ def test_two_real_models_on_one_base_url_then_a_blue_green_swap_fails_no_request
                 events = [c for c in ai.chat.completions.create(
                     model=model, max_tokens=6, stream=True, messages=[{"role": "user", "content": "three four"}])
                     if c.choices]  # a random tiny model's tokens may decode to empty text: count the events
-                assert len(events) >= 2 and events[-1].choices[0].finish_reason == "length"
+                assert len(events) >= 2 and events[-1].choices[0].finish_reason in ("length", "stop")
                 assert {e.model for e in events} == {model}
 
             results: list[str] = []
