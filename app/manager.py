@@ -205,15 +205,23 @@ class Manager:
         done = actor.submit(command, post=False)  # accepted: its claims hold from here
         accepted = {**self.view_of(actor, config), "accepted": actor.seq}
         try:  # the router knows before the engine is touched and before the answer: requests for the new model
-            await asyncio.wait_for(asyncio.shield(self.publish()), 5)  # queue instead of getting 404
-        except TimeoutError:
-            pass
+            await self.published()  # queue instead of getting 404
         finally:
             actor.post(command)
         if request.wait:
-            return await asyncio.shield(done)
+            try:
+                return await asyncio.shield(done)
+            finally:  # the answer comes once the router routes by the outcome (a failed swap's new name is gone)
+                await self.published()
         done.add_done_callback(_quiet)
         return accepted
+
+    async def published(self, timeout: float = 5.0) -> None:
+        """Publish the table and wait (a while at most) until the router has it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.publish()), timeout)
+        except TimeoutError:
+            pass
 
     async def command(self, instance_id: str, kind: str) -> dict:
         """start, stop, restart or delete; answered once the actor carried it out (or superseded it). A start or
