@@ -140,7 +140,9 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
         # supervisord's environment, which the entrypoint scrubs of secrets).
         # The router on the vLLM API's internal port: routes each request to the engine serving its `model`.
-        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10)]
+        # ROUTER_PEERS (the peers' keys) reaches the router only, through its 0600 program file.
+        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10,
+                          environment={"ROUTER_PEERS": settings.router_peers} if settings.router_peers else {})]
           if ports.api else []),
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
