@@ -22,8 +22,8 @@ LOOP_HEADER = "X-Appliance-Peer"  # set on every request to a peer; a request ca
 KEY = re.compile(r"[A-Za-z0-9_-]{16,256}")  # the appliance's token and API_KEYS shape
 LIST_TIMEOUT = 5.0
 # The caller's credentials and what its proxy said about it never reach a peer; the peer's key is set instead.
-NOT_TO_PEERS = frozenset(("authorization", "cookie", "x-appliance-auth", "forwarded", "x-real-ip",
-                          LOOP_HEADER.lower()))
+NOT_TO_PEERS = frozenset(("authorization", "cookie", "x-appliance-auth", "forwarded", "x-real-ip", "x-forwarded-for",
+                          "x-forwarded-proto", "x-forwarded-host", LOOP_HEADER.lower()))
 
 
 @dataclass
