@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -162,12 +162,16 @@ class Peers:
         peer.models, peer.error = [], reason
 
     async def follow(self, interval: float) -> None:
+        """Read every peer's list now, then every `interval` seconds; nothing a peer answers ends this loop."""
         while True:
-            await asyncio.gather(*(self.read(p) for p in self.peers))
+            results = await asyncio.gather(*(self.read(p) for p in self.peers), return_exceptions=True)
+            for peer, result in zip(self.peers, results, strict=True):
+                if isinstance(result, Exception):
+                    self.down(peer, result)
             await asyncio.sleep(interval)
 
     # --- routing ----------------------------------------------------------------------------------------------------
-    def choose(self, name: str, exclude: set[str] = frozenset()) -> Peer | None:  # type: ignore[assignment]
+    def choose(self, name: str, exclude: Collection[str] = ()) -> Peer | None:
         """The peer with the fewest requests in flight (then the first listed) among those that list `name`."""
         serving = [p for p in self.peers if p.name not in exclude and any(m["id"] == name for m in p.models)]
         return min(serving, key=lambda p: p.in_flight) if serving else None

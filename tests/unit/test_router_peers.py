@@ -178,3 +178,48 @@ def test_a_peer_gets_its_key_never_the_callers_and_a_peers_request_goes_no_furth
     assert activity[1]["instance"].startswith("peer:127.0.0.1:") and activity[1]["status"] == 200
     down = [line for line in lines if "127.0.0.1:9 is left out until it answers" in line]
     assert len(down) == 1 and KEY not in "\n".join(lines) and OTHER not in "\n".join(lines)
+
+
+def test_a_client_that_goes_away_ends_the_peers_request():
+    async def run():
+        ended = asyncio.Event()
+
+        async def models_(request: web.Request) -> web.Response:
+            return web.json_response({"data": [{"id": "acme/slow", "object": "model"}]})
+
+        async def slow(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            try:
+                for i in range(600):
+                    await response.write(f"data: {i}\n\n".encode())
+                    await asyncio.sleep(0.05)
+            finally:
+                ended.set()  # cancelled when the router closed the connection
+            return response
+
+        remote = web.Application()
+        remote.router.add_get("/v1/models", models_)
+        remote.router.add_post("/v1/completions", slow)
+        remote_runner, remote_port = await serve(remote)
+        async with session() as client:
+            peers = Peers.from_setting(f"http://127.0.0.1:{remote_port}={KEY}", client, lambda line: None)
+            await peers.read(peers.peers[0])
+            state = State(table())
+            stats = Stats(state)
+            runner, port = await serve(api_app(state, stats, client, 1 << 20, peers))
+            try:
+                async with client.post(f"http://127.0.0.1:{port}/v1/completions",
+                                       json={"model": "acme/slow", "stream": True}) as answer:
+                    assert answer.status == 200
+                    await answer.content.readline()
+                # leaving the `async with` closed the client's connection mid-stream
+                await asyncio.wait_for(ended.wait(), 10)
+                await asyncio.sleep(0.1)
+                return stats.recent(1), peers.peers[0].in_flight
+            finally:
+                await runner.cleanup()
+                await remote_runner.cleanup()
+
+    (last,), in_flight = asyncio.run(run())
+    assert last["status"] == 499 and last["instance"].startswith("peer:") and in_flight == 0
