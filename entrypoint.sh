@@ -17,6 +17,7 @@ conf="$("$venv/bin/python" -P -m app.boot --pid $$)"  # -P: import the app besid
 
 # Secrets stop here (docs/security.md, "Processes and secrets"): supervisord passes its environment to every
 # program. The admin credentials are in Caddy's config and the token file (0600) only; HF_TOKEN goes, through
-# 0600 program files, to the engines, the manager (it renders them) and provisioning (a download step).
-unset OPEN_BUTTON_TOKEN WEB_PASSWORD API_KEYS HF_TOKEN
+# 0600 program files, to the engines, the manager (it renders them) and provisioning (a download step);
+# ROUTER_PEERS (the peers' keys) to the router only.
+unset OPEN_BUTTON_TOKEN WEB_PASSWORD API_KEYS HF_TOKEN ROUTER_PEERS
 exec "$venv/bin/python" -P -m app.supervisord -n -c "$conf"  # supervisord, quiet on a full log disk

@@ -9,6 +9,7 @@ comes up; a bad setting that would weaken auth or TLS stops the boot.
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import sys
 from pathlib import Path
@@ -133,6 +134,19 @@ def engine_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
     return programs
 
 
+def router_environment(settings: Settings) -> dict[str, str]:
+    """ROUTER_PEERS for the router (spaces around `,` and `;` dropped); one supervisor cannot carry is left out,
+    logged: the boot goes on (the router checks each entry itself and logs the bad ones)."""
+    value = re.sub(r"\s*([,;])\s*", r"\1", settings.router_peers.strip())
+    if not value:
+        return {}
+    try:
+        return validation.env_vars({"ROUTER_PEERS": value})
+    except ValueError as exc:
+        log(f"ERROR: ROUTER_PEERS is not used: {exc}")
+        return {}
+
+
 def control_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
     return [
         # Renders the Caddyfile afresh (portal.yaml, /etc/environment), then execs Caddy: app/caddy_config.py
@@ -140,7 +154,9 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
         # supervisord's environment, which the entrypoint scrubs of secrets).
         # The router on the vLLM API's internal port: routes each request to the engine serving its `model`.
-        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10)]
+        # ROUTER_PEERS (the peers' keys) reaches the router only, through its 0600 program file.
+        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10,
+                          environment=router_environment(settings))]
           if ports.api else []),
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     router_max_body_mb: int = Field(100, ge=1, le=10240, alias="ROUTER_MAX_BODY_MB",
         description="The largest request body (MiB) the router on the API port accepts (it reads the body to find "
                     "its `model`); a larger one gets 413.")
+    router_peers: str = Field("", alias="ROUTER_PEERS",
+        description="Other appliances the router forwards to (docs/scale-out.md): comma list of `URL=KEY` (URL: "
+                    "`https://host:port` of a peer's API port; KEY: its access token or an API_KEYS key), each "
+                    "optionally followed by `;ca=PATH` (a CA or self-signed certificate to trust) or `;insecure` "
+                    "(no TLS verification). A secret: only the router gets it.")
+    router_peers_interval: float = Field(10.0, ge=1, le=3600, alias="ROUTER_PEERS_INTERVAL",
+        description="Seconds between two readings of each peer's `/v1/models` by the router.")
     ray_args: str = Field("--head --port 6379 --dashboard-host 127.0.0.1 --dashboard-port 28265", alias="RAY_ARGS",
         description="`ray start` arguments of the program `ray`. `head`: the Ray head's (Vast.ai's default); "
                     "`worker`: added after `--address RAY_ADDRESS` unless they contain `--head`; `single`: rendered "

@@ -16,8 +16,15 @@ from pathlib import Path
 
 from tests.appliance import Appliance
 
-CLIENT_ADDR, HEAD_FRONT = "10.231.1.1", "10.231.1.2"
-HEAD_ADDR, WORKER_ADDR = "10.231.2.1", "10.231.2.2"
+NET = "10.231"  # two_boxes(net=...): another /16 for a test that may run beside this one (the root namespace's
+# front address must differ between two runs at once)
+CLIENT_ADDR, HEAD_FRONT = f"{NET}.1.1", f"{NET}.1.2"
+HEAD_ADDR, WORKER_ADDR = f"{NET}.2.1", f"{NET}.2.2"
+
+
+def addresses(net: str = NET) -> tuple[str, str, str, str]:
+    """(client, head's front, head, worker) addresses in `net` (the first two octets)."""
+    return f"{net}.1.1", f"{net}.1.2", f"{net}.2.1", f"{net}.2.2"
 
 
 def unavailable() -> str | None:
@@ -40,9 +47,11 @@ def ip(*args: str, ns: str | None = None) -> None:
 
 
 @contextmanager
-def two_boxes():
-    """Yields (head namespace, worker namespace); removes them (and their links) at the end."""
-    tag = str(os.getpid() % 100000)
+def two_boxes(net: str = NET, name: str = ""):
+    """Yields (head namespace, worker namespace) on addresses(net); removes them (and their links) at the end.
+    `name` tells apart the namespaces and links of two calls in one process."""
+    client_addr, head_front, head_addr, worker_addr = addresses(net)
+    tag = name + str(os.getpid() % 100000)
     head, worker = f"head{tag}", f"worker{tag}"
     front, link = f"f{tag}", f"l{tag}"
     for ns in (head, worker):
@@ -51,14 +60,14 @@ def two_boxes():
     try:
         ip("link", "add", f"{front}a", "type", "veth", "peer", "name", f"{front}b")
         ip("link", "set", f"{front}b", "netns", head)
-        ip("addr", "add", f"{CLIENT_ADDR}/30", "dev", f"{front}a")
+        ip("addr", "add", f"{client_addr}/30", "dev", f"{front}a")
         ip("link", "set", f"{front}a", "up")
-        ip("addr", "add", f"{HEAD_FRONT}/30", "dev", f"{front}b", ns=head)
+        ip("addr", "add", f"{head_front}/30", "dev", f"{front}b", ns=head)
         ip("link", "set", f"{front}b", "up", ns=head)
         ip("link", "add", f"{link}a", "netns", head, "type", "veth", "peer", "name", f"{link}b", "netns", worker)
-        ip("addr", "add", f"{HEAD_ADDR}/24", "dev", f"{link}a", ns=head)
+        ip("addr", "add", f"{head_addr}/24", "dev", f"{link}a", ns=head)
         ip("link", "set", f"{link}a", "up", ns=head)
-        ip("addr", "add", f"{WORKER_ADDR}/24", "dev", f"{link}b", ns=worker)
+        ip("addr", "add", f"{worker_addr}/24", "dev", f"{link}b", ns=worker)
         ip("link", "set", f"{link}b", "up", ns=worker)
         yield head, worker
     finally:

@@ -8,5 +8,6 @@ it keeps serving running engines while the manager is down.
 Modules, one job each: `extract` (the model of a request), `errors` (OpenAI-style error answers), `state` (the table,
 loads, holds, the change signal), `choose` (replica picking and the queue rules), `queueing` (waiting for an
 instance, asking the manager for an on-demand start), `proxy` (the streaming forwarder), `models` (GET /v1/models),
-`stats` (Prometheus metrics and the activity log), `control` (the unix control socket), `server` (wiring).
+`stats` (Prometheus metrics and the activity log), `control` (the unix control socket), `peers` (other appliances'
+models: ROUTER_PEERS), `server` (wiring).
 """

@@ -3,7 +3,8 @@ state, and what each ready engine lists itself (LoRA adapters loaded into it inc
 
 Entries carry two fields OpenAI's list does not: `state` (the instance's phase: ready, starting, stopped, ...) and
 `instance` (its id; `instances` when several replicas answer to the name). Ready engines are asked concurrently with
-a short timeout; one that does not answer is left out of the extra entries, never failing the list.
+a short timeout; one that does not answer is left out of the extra entries, never failing the list. The peers'
+models (app/router/peers.py, their last reading) follow the local ones, each with a `peer` field.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from aiohttp import web
 from app.instance import Phase
 from app.routing_table import Route
 
+from .peers import LOOP_HEADER, Peers
 from .state import State
 
 ENGINE_TIMEOUT = 1.0
@@ -73,5 +75,10 @@ async def listing(state: State, session: aiohttp.ClientSession) -> dict:
     return {"object": "list", "data": list(entries.values())}
 
 
-async def handle(request: web.Request, state: State, session: aiohttp.ClientSession) -> web.Response:
-    return web.json_response(await listing(state, session))
+async def handle(request: web.Request, state: State, session: aiohttp.ClientSession,
+                 peers: Peers | None = None) -> web.Response:
+    """The local list, then the peers' models (never for a request from a peer: LOOP_HEADER)."""
+    listed = await listing(state, session)
+    if peers is not None and LOOP_HEADER not in request.headers:
+        listed["data"].extend(peers.entries({e["id"] for e in listed["data"]}))
+    return web.json_response(listed)

@@ -10,10 +10,15 @@ one tried.
 A per-instance request, `/instances/<id>/<rest>`, goes to that instance by id, whatever its body says: the prefix is
 stripped and `/<rest>` (query included) sent to the instance's current port, the body as sent (no `model` read, no
 alias rewritten). It is counted, queued, held and started on demand like any other request for the instance.
+
+A model only a peer lists (app/router/peers.py) goes to that peer, streamed the same way, with the peer's key in
+place of the caller's Authorization and Cookie, and LOOP_HEADER added; a request carrying LOOP_HEADER never goes on
+to a peer.
 """
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 import aiohttp
@@ -25,6 +30,7 @@ from app.routing_table import Route
 
 from . import errors, models
 from .extract import model_of, with_model
+from .peers import LOOP_HEADER, NOT_TO_PEERS, Peer, Peers
 from .queueing import Starter, wait_for_route
 from .state import State
 from .stats import Stats
@@ -62,8 +68,10 @@ def forward_headers(headers, skip: frozenset[str]) -> CIMultiDict:
 
 
 class Proxy:
-    def __init__(self, state: State, stats: Stats, starter: Starter, session: aiohttp.ClientSession, max_body: int):
+    def __init__(self, state: State, stats: Stats, starter: Starter, session: aiohttp.ClientSession, max_body: int,
+                 peers: Peers | None = None):
         self.state, self.stats, self.starter, self.session, self.max_body = state, stats, starter, session, max_body
+        self.peers = peers
         self._looked_up = 0.0
         self._lookup: asyncio.Task | None = None
 
@@ -88,10 +96,15 @@ class Proxy:
         instance, path = target if target else (None, request.raw_path)
         model = model_of(request.headers.get("content-type"), body) if instance is None else None
         headers = forward_headers(request.headers, NOT_FORWARDED)
+        from_peer = LOOP_HEADER in request.headers  # the loop guard: never sent on to a peer
+        peers = self.peers if instance is None and not from_peer else None
         refused: set[str] = set()
         while True:
             route = await wait_for_route(self.state, self.starter, model, frozenset(refused),
-                                         self.lookup if instance is None else None, instance)
+                                         self.lookup if instance is None else None, instance, peers)
+            if isinstance(route, Peer):
+                assert model is not None and peers is not None
+                return await self.to_peers(request, route, peers, body, model, started, started_wall)
             if isinstance(route, web.Response):
                 self.stats.record(model, None, request.path, route.status, started, started_wall, None,
                                   reason=route.get(errors.REASON))
@@ -104,15 +117,50 @@ class Proxy:
             except aiohttp.ClientConnectorError:
                 refused.add(route.id)  # nothing was sent: another replica may take it
 
+    async def to_peers(self, request: web.Request, peer: Peer, peers: Peers, body: bytes, model: str,
+                       started: float, started_wall: float) -> web.StreamResponse:
+        """To the peer that lists the model, with the peer's key and none of the caller's credentials; a peer that
+        refuses the connection drops out, and another one that lists the model is tried."""
+        headers = forward_headers(request.headers, NOT_FORWARDED | NOT_TO_PEERS)
+        tried: set[str] = set()
+        while True:
+            headers.update(peer.headers())  # replaces the previous peer's
+            peer.in_flight += 1
+            try:
+                return await self.relay(request, URL(str(peer.url) + request.raw_path, encoded=True), headers, body,
+                                        model, peer.label, f"The peer {peer.name}", started, started_wall, peer.ssl)
+            except aiohttp.ClientConnectorError as exc:
+                peers.down(peer, exc)
+                tried.add(peer.name)
+            finally:
+                peer.in_flight -= 1
+            next_peer = peers.choose(model, tried)
+            if next_peer is None:
+                response = errors.unavailable(f"The peer serving `{model}` ({peer.name}) refused the connection; "
+                                              "try again shortly.", 10, "peer_unreachable")
+                self.stats.record(model, peer.label, request.path, 503, started, started_wall, None,
+                                  reason="peer_unreachable")
+                return response
+            peer = next_peer
+
     async def forward(self, request: web.Request, route: Route, path: str, headers: CIMultiDict, body: bytes,
                       model: str | None, started: float, started_wall: float) -> web.StreamResponse:
-        state = self.state
-        state.begin(route)
-        status, ttft, tail, prepared = 502, None, b"", False
+        self.state.begin(route)
         try:
             url = URL(f"http://127.0.0.1:{route.port}{path}", encoded=True)  # the path as sent (less /instances/<id>)
+            what = f"The engine of instance `{route.id}`"
+            return await self.relay(request, url, headers, body, model, route.id, what, started, started_wall)
+        finally:
+            self.state.end(route)
+
+    async def relay(self, request: web.Request, url: URL, headers: CIMultiDict, body: bytes, model: str | None,
+                    label: str, what: str, started: float, started_wall: float,
+                    tls: ssl.SSLContext | bool = True) -> web.StreamResponse:
+        """Send the request, stream the answer back; counted in the metrics and activity log as `label`."""
+        status, ttft, tail, prepared = 502, None, b"", False
+        try:
             async with self.session.request(request.method, url, headers=headers, data=body or None,
-                                            allow_redirects=False) as upstream:
+                                            allow_redirects=False, ssl=tls) as upstream:
                 status = upstream.status
                 length = upstream.content_length
                 if length is not None and length <= WHOLE and "content-encoding" not in upstream.headers:
@@ -150,9 +198,8 @@ class Proxy:
                 raise
             if not prepared:
                 status = 502
-                return errors.bad_gateway(f"The engine of instance `{route.id}` failed: {exc.__class__.__name__}.")
+                return errors.bad_gateway(f"{what} failed: {exc.__class__.__name__}.")
             raise  # mid-stream: the client's connection is closed, as the engine's was
         finally:
-            state.end(route)
             if status:
-                self.stats.record(model, route.id, request.path, status, started, started_wall, ttft, tail)
+                self.stats.record(model, label, request.path, status, started, started_wall, ttft, tail)

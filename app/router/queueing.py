@@ -21,6 +21,7 @@ from app.validation import INSTANCE_ID
 
 from . import errors
 from .choose import decide
+from .peers import Peer, Peers
 from .state import State
 
 PROBE_EVERY = 0.05  # seconds between two looks at an engine this router started on demand
@@ -109,10 +110,11 @@ def _wait_hint(route: Route) -> str:
 
 async def wait_for_route(state: State, starter: Starter, name: str | None, exclude: frozenset[str] = frozenset(),
                          lookup: Callable[[], Awaitable[None]] | None = None,
-                         instance: str | None = None) -> Route | web.Response:
+                         instance: str | None = None, peers: Peers | None = None) -> Route | Peer | web.Response:
     """The route to send the request to, once there is one; or the error answer (404, 503). `lookup` asks the
     engines for names the table lacks (LoRA adapters), once, before a name is called unknown. `instance`: a
-    per-instance request, for that instance by id (`name` is then ignored)."""
+    per-instance request, for that instance by id (`name` is then ignored). `peers`: a name no local instance or
+    engine knows goes to a peer that lists it (local ones always win; None for a request that came from a peer)."""
     deadline = time.monotonic() + NO_TABLE_WAIT
     while state.table is None:
         if not await state.wait_change(deadline - time.monotonic()):
@@ -131,7 +133,11 @@ async def wait_for_route(state: State, starter: Starter, name: str | None, exclu
                     await lookup()
                     lookup = None
                     continue
-                return errors.model_not_found(name, state.names())
+                peer = peers.choose(name) if peers is not None and name is not None else None
+                if peer is not None:
+                    return peer
+                known = state.names() + (peers.names() if peers else [])
+                return errors.model_not_found(name, list(dict.fromkeys(known)))
             route = decision.route
             assert route is not None
             if decision.action == "forward":

@@ -15,6 +15,7 @@ from app.portal_config import Ports
 from app.settings import Settings
 
 from . import control, models
+from .peers import Peers
 from .proxy import Proxy
 from .queueing import Starter
 from .state import State, TableFile
@@ -35,12 +36,13 @@ def session() -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
 
 
-def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body: int) -> web.Application:
-    proxy = Proxy(state, stats, Starter(state, client, stats.started_on_demand), client, max_body)
+def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body: int,
+            peers: Peers | None = None) -> web.Application:
+    proxy = Proxy(state, stats, Starter(state, client, stats.started_on_demand), client, max_body, peers)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.method == "GET" and request.path == "/v1/models":
-            return await models.handle(request, state, client)
+            return await models.handle(request, state, client, peers)
         return await proxy.handle(request)
 
     application = web.Application(client_max_size=max_body)
@@ -56,7 +58,8 @@ async def serve(settings: Settings) -> None:
         log(f"no routing table in {settings.routing_table} yet: requests wait for the manager to publish one")
     stats = Stats(state)
     async with session() as client:
-        api = web.AppRunner(api_app(state, stats, client, settings.router_max_body_mb * 1024 * 1024),
+        peers = Peers.from_setting(settings.router_peers, client, log) if settings.router_peers.strip() else None
+        api = web.AppRunner(api_app(state, stats, client, settings.router_max_body_mb * 1024 * 1024, peers),
                             handler_cancellation=True, access_log=None, shutdown_timeout=5)
         ctl = web.AppRunner(control.app(state, stats), access_log=None)
         await api.setup()
@@ -73,7 +76,10 @@ async def serve(settings: Settings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         follower = loop.create_task(table_file.follow(state))
+        reader = loop.create_task(peers.follow(settings.router_peers_interval)) if peers and peers.peers else None
         await stop.wait()
         follower.cancel()
+        if reader:
+            reader.cancel()
         await api.cleanup()
         await ctl.cleanup()
