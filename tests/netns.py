@@ -51,7 +51,7 @@ def two_boxes(net: str = NET, name: str = ""):
     """Yields (head namespace, worker namespace) on addresses(net); removes them (and their links) at the end.
     `name` tells apart the namespaces and links of two calls in one process."""
     client_addr, head_front, head_addr, worker_addr = addresses(net)
-    tag = name + str(os.getpid() % 100000)
+    tag = name + str(os.getpid())  # the whole pid: another test process never shares it (interface names: 15 max)
     head, worker = f"head{tag}", f"worker{tag}"
     front, link = f"f{tag}", f"l{tag}"
     for ns in (head, worker):
