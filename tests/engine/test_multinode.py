@@ -46,7 +46,7 @@ def cluster_env(model: Path, threads: str) -> dict[str, str]:
             "VLLM_CPU_OMP_THREADS_BIND": threads, "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # its namespaces go before tests/test_cluster.py makes its own
 def cluster(engine_bin, tiny_model, tmp_path_factory):
     """(head, worker) serving tiny-a across both namespaces; stopped and checked for leftovers at the end."""
     reason = unavailable() or (None if RAY_BIN.exists() else f"Ray is not installed ({RAY_BIN}; set RAY_BIN)")
