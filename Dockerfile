@@ -5,9 +5,10 @@ FROM vllm/vllm-openai:v0.11.0
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# python3-venv for the appliance's own environment; openssh-server for PUBLIC_KEY logins.
+# python3-venv for the appliance's own environment; openssh-server for PUBLIC_KEY logins; haproxy for the router's
+# fast path (used when it is 2.5 or later: json_query; an older one is reported at boot and the router serves alone).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3-venv openssh-server \
+ && apt-get install -y --no-install-recommends python3-venv openssh-server haproxy \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . /tmp/appliance-src

@@ -39,10 +39,10 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
 # Debian packages the tests use: chromium for the portal's browser tests (never a browser download of
-# playwright's own), openssh-server for the PUBLIC_KEY sshd.
+# playwright's own), openssh-server for the PUBLIC_KEY sshd, haproxy for the router's fast path.
 system-packages:
-	@command -v chromium >/dev/null && command -v sshd >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium openssh-server; }
+	@command -v chromium >/dev/null && command -v sshd >/dev/null && command -v haproxy >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium openssh-server haproxy; }
 
 test: install lint system-packages ray
 	scripts/install-engine.sh $(ENGINE_VENV)

@@ -22,6 +22,7 @@ from app import (
     credentials,
     engine,
     gpu,
+    haproxy,
     hub,
     multinode,
     portal_config,
@@ -147,6 +148,25 @@ def router_environment(settings: Settings) -> dict[str, str]:
         return {}
 
 
+def router_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
+    """The router, and HAProxy in front of it on the API's port when the fast path is on and HAProxy can run it
+    (app/haproxy.py); otherwise the router on the API's port itself."""
+    why_not = haproxy.unusable(settings)
+    if why_not is None:
+        port = haproxy.router_port(settings, ports.taken())
+        if settings.router_port and port != settings.router_port:
+            log(f"ERROR: ROUTER_PORT {settings.router_port} is {ports.taken()[settings.router_port]}: the router "
+                f"takes port {port} instead")
+        front = [haproxy.prepare(settings, ports.api_port, port)]
+        log(f"fast path: HAProxy on the API's port {ports.api_port}, the router behind it on 127.0.0.1:{port}")
+    else:
+        port, front = ports.api_port, []
+        log(f"{'WARNING: ' if settings.router_fast_path else ''}fast path off ({why_not}): the router listens on "
+            f"the API's port {port} and passes every request itself")
+    return front + [render.Program(name="router", argv=haproxy.router_argv(port, why_not is None), priority=150,
+                                   stopwaitsecs=10, environment=router_environment(settings))]
+
+
 def control_programs(settings: Settings, ports: portal_config.Ports) -> list[render.Program]:
     return [
         # Renders the Caddyfile afresh (portal.yaml, /etc/environment), then execs Caddy: app/caddy_config.py
@@ -155,9 +175,7 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
         # supervisord's environment, which the entrypoint scrubs of secrets).
         # The router on the vLLM API's internal port: routes each request to the engine serving its `model`.
         # ROUTER_PEERS (the peers' keys) reaches the router only, through its 0600 program file.
-        *([render.Program(name="router", argv=[sys.executable, "-m", "app.router"], priority=150, stopwaitsecs=10,
-                          environment=router_environment(settings))]
-          if ports.api else []),
+        *(router_programs(settings, ports) if ports.api else []),
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
                        environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),

@@ -1,6 +1,6 @@
-"""The one renderer: supervisord.conf, program files and the Caddyfile.
+"""The one renderer: supervisord.conf, program files, the Caddyfile and HAProxy's configuration.
 
-Templates live beside the system they configure (supervisor/, caddy/). Every
+Templates live beside the system they configure (supervisor/, caddy/, haproxy/). Every
 value that comes from a user is validated before it gets here and escaped for
 the file it lands in: shell-style quoting for supervisor's `command=` (which
 supervisor splits with shlex, never a shell), quoting for `environment=`, and
@@ -166,6 +166,13 @@ def caddyfile(settings: Settings, apps: list[PortalApp], *, token: str, admins: 
         bootstrap_paths=BOOTSTRAP_PATHS, admin_only_paths=ADMIN_ONLY_PATHS,
         engine_only_paths=ENGINE_ONLY_PATHS, engine_only_message=ENGINE_ONLY_MESSAGE,
         upstream_idle=UPSTREAM_IDLE).rstrip() + "\n"
+
+
+def haproxy_config(settings: Settings, *, api_port: int, router_port: int, bufsize: int) -> str:
+    """HAProxy's configuration (the fast path, app/haproxy.py): ports and paths only, nothing a user typed."""
+    return _templates(settings).get_template("haproxy/haproxy.cfg.j2").render(
+        marker=MARKER, bufsize=bufsize, socket=settings.haproxy_socket, log_socket=settings.haproxy_log_socket,
+        api_port=api_port, router_port=router_port, map=settings.haproxy_map)
 
 
 def program_path(settings: Settings, name: str) -> Path:

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     router_max_body_mb: int = Field(100, ge=1, le=10240, alias="ROUTER_MAX_BODY_MB",
         description="The largest request body (MiB) the router on the API port accepts (it reads the body to find "
                     "its `model`); a larger one gets 413.")
+    router_fast_path: bool = Field(True, alias="ROUTER_FAST_PATH",
+        description="HAProxy (2.5 or later) on the API's internal port sends a request for a model with one ready "
+                    "engine straight to that engine, and everything else to the router (docs/routing.md#the-fast-"
+                    "path); false, or no such HAProxy installed: the router listens on the API's port itself.")
+    router_port: int = Field(0, ge=0, le=65535, alias="ROUTER_PORT",
+        description="The router's loopback port behind HAProxy when the fast path is on; 0: a free port chosen at "
+                    "each boot.")
     router_peers: str = Field("", alias="ROUTER_PEERS",
         description="Other appliances the router forwards to (docs/scale-out.md): comma list of `URL=KEY` (URL: "
                     "`https://host:port` of a peer's API port; KEY: its access token or an API_KEYS key), each "
@@ -312,6 +319,26 @@ class Settings(BaseSettings):
     def router_socket(self) -> Path:
         """The router's control socket (app/router_client.py): the manager's only way to talk to it."""
         return self.run_dir / "router.sock"
+
+    @property
+    def haproxy_config(self) -> Path:
+        """HAProxy's configuration (the fast path: app/haproxy.py), rendered at boot."""
+        return self.run_dir / "haproxy.cfg"
+
+    @property
+    def haproxy_map(self) -> Path:
+        """The fast path's map (model name -> engine port): empty at boot, filled by the router over the socket."""
+        return self.run_dir / "fast.map"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        """HAProxy's runtime API (mode 0600): the router's way to update the map and read the counts."""
+        return self.run_dir / "haproxy.sock"
+
+    @property
+    def haproxy_log_socket(self) -> Path:
+        """The datagram socket the router reads HAProxy's line per fast-path request from (metrics, activity)."""
+        return self.run_dir / "haproxy-log.sock"
 
     @property
     def ray_token_file(self) -> Path:

@@ -19,7 +19,7 @@ python="${PYTHON:-python3}"
 
 echo "[install] $src -> $dest"
 mkdir -p "$dest/scripts"
-for item in app caddy supervisor portal provisioning entrypoint.sh pyproject.toml README.md; do
+for item in app caddy haproxy supervisor portal provisioning entrypoint.sh pyproject.toml README.md; do
   if [ -e "$src/$item" ]; then
     rm -rf "${dest:?}/$item"
     cp -a "$src/$item" "$dest/$item"

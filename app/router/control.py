@@ -3,12 +3,16 @@ The protocol is app/router_client.py's docstring."""
 from __future__ import annotations
 
 import re
+import sys
+import time
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from app.routing_table import Table
 
+from .fastpath import FastPath
+from .runtime_api import HAProxyError
 from .state import State
 from .stats import Stats
 
@@ -16,7 +20,12 @@ MAX_DRAIN = 86400.0
 ROUTE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}(?:_[a-z0-9]{1,16})?")
 
 
-def app(state: State, stats: Stats) -> web.Application:
+def log(message: str) -> None:
+    print(f"router: {message}", file=sys.stderr, flush=True)
+
+
+def app(state: State, stats: Stats, fast: FastPath | None = None) -> web.Application:
+    """`fast`: HAProxy's fast path (its requests count in /status, /drain and /metrics too), None when it is off."""
     routes = web.RouteTableDef()
 
     @routes.put("/table")
@@ -30,7 +39,10 @@ def app(state: State, stats: Stats) -> web.Application:
 
     @routes.get("/status")
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(state.status())
+        if fast is None:
+            return web.json_response(state.status())
+        await fast.read_counts()
+        return web.json_response(fast.merge(state.status()))
 
     def instance_id(request: web.Request) -> str:
         """An instance id, or a route id the manager made from one (`<id>_green`: `_` never is in an instance id)."""
@@ -45,7 +57,18 @@ def app(state: State, stats: Stats) -> web.Application:
             timeout = min(max(float(request.query.get("timeout", "60")), 0.0), MAX_DRAIN)
         except ValueError:
             return web.json_response({"detail": "timeout must be a number of seconds"}, status=400)
-        return web.json_response({"in_flight": await state.drain(instance_id(request), timeout)})
+        held = instance_id(request)
+        if fast is None:
+            return web.json_response({"in_flight": await state.drain(held, timeout)})
+        deadline = time.monotonic() + timeout
+        state.hold(held)
+        try:
+            await fast.sync()  # its names leave HAProxy's map before anything is counted
+        except HAProxyError as exc:
+            log(f"drain of {held}: HAProxy's map not updated ({exc}); its counts are still waited for")
+        left = await state.drain(held, timeout)
+        left += await fast.wait_idle(held, max(0.0, deadline - time.monotonic()))
+        return web.json_response({"in_flight": left})
 
     @routes.post("/release/{id}")
     async def release(request: web.Request) -> web.Response:
@@ -54,6 +77,8 @@ def app(state: State, stats: Stats) -> web.Application:
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
+        if fast is not None:
+            await fast.read_counts()
         return web.Response(body=stats.exposition(), content_type="text/plain", charset="utf-8")
 
     @routes.get("/activity")

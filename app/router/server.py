@@ -1,5 +1,6 @@
-"""The router's two servers, wired: the API port (127.0.0.1:<vLLM API internal port>, behind Caddy) and the control
-socket; the table file followed in the background."""
+"""The router's two servers, wired: the API port (127.0.0.1:<vLLM API internal port>, behind Caddy; with the fast
+path, a loopback port of its own behind HAProxy) and the control socket; the table file followed in the background,
+and with the fast path, HAProxy's map kept and its log read (fastpath.py, fastlog.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,10 +15,12 @@ from aiohttp import web
 from app.portal_config import Ports
 from app.settings import Settings
 
-from . import control, models
+from . import control, fastlog, models
+from .fastpath import FastPath
 from .peers import Peers
 from .proxy import Proxy
 from .queueing import Starter
+from .runtime_api import RuntimeAPI
 from .state import State, TableFile
 from .stats import Stats
 
@@ -50,8 +53,9 @@ def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body:
     return application
 
 
-async def serve(settings: Settings) -> None:
-    ports = Ports.read(settings.portal_yaml)
+async def serve(settings: Settings, port: int | None = None, fast_path: bool = False) -> None:
+    """`port`: where to listen (None: the API's internal port); `fast_path`: HAProxy is in front (app/haproxy.py)."""
+    port = Ports.read(settings.portal_yaml).api_port if port is None else port
     table_file = TableFile(settings)
     state = State(table_file.read_if_changed())
     if state.table is None:
@@ -61,7 +65,11 @@ async def serve(settings: Settings) -> None:
         peers = Peers.from_setting(settings.router_peers, client, log) if settings.router_peers.strip() else None
         api = web.AppRunner(api_app(state, stats, client, settings.router_max_body_mb * 1024 * 1024, peers),
                             handler_cancellation=True, access_log=None, shutdown_timeout=5)
-        ctl = web.AppRunner(control.app(state, stats), access_log=None)
+        fast = FastPath(state, RuntimeAPI(settings.haproxy_socket), settings.haproxy_map, log) if fast_path else None
+        if fast is not None:
+            stats.loads.outside = fast.by_instance
+            fast_log = await fastlog.listen(settings.haproxy_log_socket, state, stats, fast.owners)
+        ctl = web.AppRunner(control.app(state, stats, fast), access_log=None)
         await api.setup()
         await ctl.setup()
         socket_path = settings.router_socket
@@ -69,16 +77,21 @@ async def serve(settings: Settings) -> None:
             socket_path.unlink()
         await web.UnixSite(ctl, str(socket_path)).start()
         os.chmod(socket_path, 0o600)
-        await web.TCPSite(api, "127.0.0.1", ports.api_port, backlog=2048, reuse_address=True).start()
-        log(f"routing on 127.0.0.1:{ports.api_port}; control socket {socket_path}")
+        await web.TCPSite(api, "127.0.0.1", port, backlog=2048, reuse_address=True).start()
+        log(f"routing on 127.0.0.1:{port}; control socket {socket_path}"
+            + ("; HAProxy's fast path in front (its map kept from here)" if fast else ""))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         follower = loop.create_task(table_file.follow(state))
         reader = loop.create_task(peers.follow(settings.router_peers_interval)) if peers and peers.peers else None
+        keeper = loop.create_task(fast.follow()) if fast else None
         await stop.wait()
         follower.cancel()
+        if keeper:
+            keeper.cancel()
+            fast_log.close()
         if reader:
             reader.cancel()
         await api.cleanup()

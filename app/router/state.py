@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app import routing_table
@@ -39,6 +40,7 @@ class State:
         self.learned: dict[str, list[str]] = {}  # names only engines know (LoRA adapters) -> instance ids
         self.probed: set[str] = set()  # started on demand, answering already, the table says `starting` still
         self._changed = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []  # called at every change (the fast path's map: fastpath.py)
         self._idle: dict[str, asyncio.Event] = {}  # drains waiting for an instance's last request to end
         if table is not None:
             self.apply(table)
@@ -81,6 +83,8 @@ class State:
         """Wake everything waiting for a change (one event per generation: set, then replaced)."""
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self.listeners:
+            listener()
 
     async def wait_change(self, timeout: float) -> bool:
         """Wait for the next change; False after `timeout` seconds without one."""
@@ -113,11 +117,16 @@ class State:
                 idle.set()
 
     # --- drains -----------------------------------------------------------------------------------------------------
+    def hold(self, instance_id: str) -> None:
+        """New requests for the instance queue (a drain); the change signal tells the fast path's map too."""
+        if instance_id not in self.held:
+            self.held.add(instance_id)
+            self.changed()
+
     async def drain(self, instance_id: str, timeout: float) -> int:
         """Hold the instance (new requests queue) and wait until none is in flight or `timeout` passes; the number
         still in flight."""
-        self.held.add(instance_id)
-        self.changed()
+        self.hold(instance_id)
         load = self.load(instance_id)
         if load.in_flight:
             idle = self._idle.setdefault(instance_id, asyncio.Event())

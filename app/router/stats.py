@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -35,6 +36,7 @@ class Activity:
     ttft: float | None  # seconds to the first byte of the response body (for a stream: its first event)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    fast: bool = False  # HAProxy sent it straight to the engine (the fast path), not the router
 
 
 def usage(tail: bytes) -> tuple[int | None, int | None]:
@@ -56,14 +58,17 @@ class _Loads:
 
     def __init__(self, state: State):
         self.state = state
+        self.outside: Callable[[], dict[str, int]] | None = None  # HAProxy's in flight by instance (the fast path)
 
     def collect(self):
-        in_flight = GaugeMetricFamily("appliance_router_in_flight", "Requests the router has in flight to the "
-                                      "instance's engine.", labels=["instance"])
+        in_flight = GaugeMetricFamily("appliance_router_in_flight", "Requests the router (and HAProxy's fast path) "
+                                      "has in flight to the instance's engine.", labels=["instance"])
         queued = GaugeMetricFamily("appliance_router_queue_depth", "Requests waiting for the instance to be ready.",
                                    labels=["instance"])
-        for instance_id, load in sorted(self.state.loads.items()):
-            in_flight.add_metric([instance_id], load.in_flight)
+        outside = self.outside() if self.outside else {}
+        for instance_id in sorted(set(self.state.loads) | set(outside)):
+            load = self.state.load(instance_id)
+            in_flight.add_metric([instance_id], load.in_flight + outside.get(instance_id, 0))
             queued.add_metric([instance_id], load.queued)
         return [in_flight, queued]
 
@@ -84,7 +89,11 @@ class Stats:
                                    ["model", "reason"], registry=self.registry)
         self.on_demand = Counter("appliance_router_on_demand_starts", "Starts of a stopped instance the router asked "
                                  "the manager for, because a request named it.", ["instance"], registry=self.registry)
-        self.registry.register(_Loads(state))  # type: ignore[arg-type]
+        self.fast = Counter("appliance_router_fast_path_requests", "Requests HAProxy sent straight to the "
+                            "instance's engine (the fast path; also counted in appliance_router_requests).",
+                            ["instance"], registry=self.registry)
+        self.loads = _Loads(state)
+        self.registry.register(self.loads)  # type: ignore[arg-type]
         self.activity: deque[Activity] = deque(maxlen=ACTIVITY)
         self._children: dict[tuple, tuple] = {}  # label values -> metric children (labels() costs a lock each)
 
@@ -98,8 +107,15 @@ class Stats:
 
     def record(self, model: str | None, instance: str | None, path: str, status: int, started: float,
                started_wall: float, ttft: float | None, tail: bytes = b"", reason: str | None = None) -> None:
+        prompt_tokens, completion_tokens = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
+        self.record_done(model, instance, path, status, time.perf_counter() - started, started_wall, ttft,
+                         prompt_tokens, completion_tokens, reason=reason)
+
+    def record_done(self, model: str | None, instance: str | None, path: str, status: int, duration: float,
+                    started_wall: float, ttft: float | None, prompt_tokens: int | None = None,
+                    completion_tokens: int | None = None, *, reason: str | None = None, fast: bool = False) -> None:
+        """One request that ended: `fast` when HAProxy sent it straight to the engine (app/router/fastlog.py)."""
         label = "(unknown)" if reason == "model_not_found" else model or ""  # a client's typo is no label value
-        duration = time.perf_counter() - started
         requests, latency, first = self._of(label, instance or "", status)
         requests.inc()
         latency.observe(duration)
@@ -107,9 +123,11 @@ class Stats:
             first.observe(ttft)
         if status == 503 and reason:
             self.unavailable.labels(label, reason).inc()
-        prompt_tokens, completion_tokens = usage(tail[-TAIL:]) if tail and status == 200 else (None, None)
+        if fast:
+            self.fast.labels(instance or "").inc()
         self.activity.append(Activity(started_wall, model, instance, path, status, round(duration, 6),
-                                      None if ttft is None else round(ttft, 6), prompt_tokens, completion_tokens))
+                                      None if ttft is None else round(ttft, 6), prompt_tokens, completion_tokens,
+                                      fast))
 
     def started_on_demand(self, instance_id: str) -> None:
         self.on_demand.labels(instance_id).inc()
