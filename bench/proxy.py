@@ -42,13 +42,15 @@ STREAM_BODY = {"model": "acme/bench", "stream": True, "max_tokens": STREAM_TOKEN
                "messages": [{"role": "user", "content": "one two three four five six seven eight " * 8}]}
 
 
-def add_direct_route(app: Appliance) -> None:
-    """A Caddy route straight to the engine of `vllm` at DIRECT, for the comparisons: appended to the API site's
-    imported rules (after auth, before the router), then Caddy reloaded."""
+def add_direct_route(app: Appliance, extra: dict[str, int] | None = None) -> None:
+    """A Caddy route straight to the engine of `vllm` at DIRECT (and one per `extra` prefix to that loopback port),
+    for the comparisons: appended to the API site's imported rules (after auth, before the router), then Caddy
+    reloaded."""
     settings = Settings(APPLIANCE_ROOT=str(app.root))
     with settings.caddy_routes_file.open("a") as rules:
-        rules.write(f"handle_path {DIRECT}/* {{\n\treverse_proxy 127.0.0.1:{app.engine_port()} {{\n"
-                    "\t\timport proxy_options\n\t}\n}\n")
+        for prefix, port in {DIRECT: app.engine_port(), **(extra or {})}.items():
+            rules.write(f"handle_path {prefix}/* {{\n\treverse_proxy 127.0.0.1:{port} {{\n"
+                        "\t\timport proxy_options\n\t}\n}\n")
     caddy = shutil.which("caddy") or str(Path(sys.executable).parent / "caddy")  # the venv's, as entrypoint.sh
     subprocess.run([caddy, "reload", "--config", str(settings.caddyfile), "--adapter", "caddyfile", "--address",
                     f"unix/{settings.caddy_admin_socket}"], check=True, capture_output=True, timeout=30,
