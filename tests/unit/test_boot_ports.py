@@ -41,3 +41,30 @@ def test_a_saved_vllm_on_the_api_port_is_moved_once(tmp_path, capsys):
     moved = json.loads((s.state_dir / "instances.json").read_text())["instances"]["vllm"]["port"]
     assert moved in s.engine_port_range and Store(s).instances["vllm"].port == moved
     assert f"moves from the API's internal port {API} to engine port {moved}" in capsys.readouterr().err
+
+
+def test_haproxy_takes_the_api_port_and_the_router_its_own_unless_the_fast_path_is_off(tmp_path, capsys, monkeypatch):
+    s = settings(tmp_path, ROUTER_PORT=str(API))  # a port an app uses: another one is taken, with a message
+    s.run_dir.mkdir(parents=True)
+    monkeypatch.setattr(boot.haproxy, "unusable", lambda settings: None)
+    monkeypatch.setattr(boot.haproxy, "binary", lambda: "/usr/sbin/haproxy")
+    front, router = boot.router_programs(s, PORTS)
+    port = int(router.argv[router.argv.index("--port") + 1])
+    config = s.haproxy_config.read_text()
+    assert front.name == "haproxy" and "--fast-path" in router.argv and port not in PORTS.taken()
+    assert f"bind 127.0.0.1:{API}\n" in config and f"server router 127.0.0.1:{port}\n" in config
+    assert "nbthread 1" in config and s.haproxy_map.read_text() == ""
+    assert "ERROR: ROUTER_PORT" in capsys.readouterr().err
+    monkeypatch.setattr(boot.haproxy, "unusable", lambda settings: "ROUTER_FAST_PATH=false")
+    (alone,) = boot.router_programs(s, PORTS)
+    assert alone.argv[-2:] == ["--port", str(API)]
+    assert "fast path off (ROUTER_FAST_PATH=false)" in capsys.readouterr().err
+
+
+def test_an_haproxy_without_json_query_turns_the_fast_path_off(tmp_path, monkeypatch):
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\necho 'HAProxy version 2.4.24-0ubuntu0.22.04.1 2023/10/31'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(boot.haproxy, "binary", lambda: str(fake))
+    assert "older than HAProxy 2.5" in boot.haproxy.unusable(settings(tmp_path))
+    assert boot.haproxy.unusable(settings(tmp_path, ROUTER_FAST_PATH="false")) == "ROUTER_FAST_PATH=false"
