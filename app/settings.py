@@ -337,7 +337,7 @@ class Settings(BaseSettings):
 
     @property
     def haproxy_log_socket(self) -> Path:
-        """The datagram socket the router reads HAProxy's line per fast-path request from (metrics, activity)."""
+        """The stream socket the router reads HAProxy's line per fast-path request from (metrics, activity)."""
         return self.run_dir / "haproxy-log.sock"
 
     @property

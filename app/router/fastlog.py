@@ -1,5 +1,6 @@
-"""HAProxy's line per fast-path request (haproxy/haproxy.cfg.j2's log-format, one datagram each on a unix socket
-the router binds): recorded in the router's metrics and activity log as if the router had passed the request.
+"""HAProxy's line per fast-path request (haproxy/haproxy.cfg.j2's log-format, from its ring `fastlog`, sent as
+octet-counted frames, `<length> <line>`, over a unix stream socket the router listens on): recorded in the router's
+metrics and activity log as if the router had passed the request.
 
 A line: `<engine port> <status> <Ta ms> <Tr ms> <bytes> <termination state> <prompt tokens> <completion tokens>
 <path> <model>` (`-` for a value HAProxy does not have). The time to the first token is HAProxy's time to the
@@ -11,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,14 +48,6 @@ def parse(data: bytes) -> Line | None:
                 _int(completion), path, model)
 
 
-class Receiver(asyncio.DatagramProtocol):
-    def __init__(self, handle: Callable[[bytes], None]):
-        self.handle = handle
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        self.handle(data)
-
-
 def record(line: Line, state: State, stats: Stats, owners: dict[int, str]) -> None:
     instance = owners.get(line.port)
     if instance is not None:
@@ -67,19 +58,22 @@ def record(line: Line, state: State, stats: Stats, owners: dict[int, str]) -> No
                       line.ttft, line.prompt_tokens, line.completion_tokens, fast=True)
 
 
-async def listen(path: Path, state: State, stats: Stats, owners: dict[int, str]) -> asyncio.DatagramTransport:
-    """Bind the log socket (mode 0600) and record every line that arrives."""
+async def listen(path: Path, state: State, stats: Stats, owners: dict[int, str]) -> asyncio.Server:
+    """Listen on the log socket (mode 0600) and record every line HAProxy sends."""
+    async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length = await reader.readuntil(b" ")
+                line = parse(await reader.readexactly(int(length)))
+                if line is not None:
+                    record(line, state, stats, owners)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            pass  # HAProxy went away (it connects again), or sent what is no frame of ours
+        finally:
+            writer.close()
+
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
+    server = await asyncio.start_unix_server(read, str(path))
     os.chmod(path, 0o600)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-
-    def handle(data: bytes) -> None:
-        line = parse(data)
-        if line is not None:
-            record(line, state, stats, owners)
-
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: Receiver(handle), sock=sock)
-    return transport  # type: ignore[return-value]
+    return server
