@@ -80,6 +80,23 @@ def test_a_served_name_takes_the_fast_path_an_alias_the_router(fast):
     assert 'appliance_router_fast_path_requests_total{instance="coder"}' in metrics
 
 
+@pytest.mark.parametrize("model", ["acme/tiny-coder", "code"])  # the fast path; an alias: HAProxy, then the router
+def test_a_streams_events_pass_at_once_through_haproxy(fast, model):
+    arrivals = []
+    with fast.client(timeout=60) as client:
+        started = time.monotonic()
+        with client.stream("POST", fast.api_url("/v1/chat/completions"), json={
+                "model": model, "stream": True, "max_tokens": 16,
+                "messages": [{"role": "user", "content": LONG}]}) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data:"):
+                    arrivals.append(time.monotonic() - started)
+    # 16 tokens 0.1 s apart arrive one by one, not held back for full packets (in threes, 0.3 s apart, without
+    # HAProxy's http-no-delay)
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert len(arrivals) > 10 and sum(gap > 0.05 for gap in gaps) > len(gaps) / 2, arrivals
+
+
 def test_a_stream_on_the_fast_path_is_in_flight_and_holds_a_drain_until_it_ends(fast):
     port = fast.engine_port("coder")
     ended: list[float] = []
