@@ -2,6 +2,7 @@
 router still counts it (activity, metrics, in flight, drains); everything else takes the router's path."""
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -93,7 +94,7 @@ def test_a_streams_events_pass_at_once_through_haproxy(fast, model):
                     arrivals.append(time.monotonic() - started)
     # 16 tokens 0.1 s apart arrive one by one, not held back for full packets (in threes, 0.3 s apart, without
     # HAProxy's http-no-delay)
-    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert len(arrivals) > 10 and sum(gap > 0.05 for gap in gaps) > len(gaps) / 2, arrivals
 
 
