@@ -3,6 +3,8 @@ the cluster's shortfall and the manager's 409 (app/multinode.py, app/cluster.py)
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -201,3 +203,19 @@ def test_rays_token_is_the_access_token_unless_given_and_then_token_shaped(tmp_p
         == "ray-token-0123456789abc"
     with pytest.raises(ValueError, match="RAY_AUTH_TOKEN must be 16-256 characters"):
         multinode.ray_token(settings(tmp_path, **HEAD, RAY_AUTH_TOKEN="short\nline"), "x")
+
+
+def test_a_ray_without_token_auth_is_refused_before_it_could_run_an_open_cluster(tmp_path, monkeypatch):
+    said = SimpleNamespace(stdout="ray, version 2.49.2\n")
+    monkeypatch.setattr(multinode.subprocess, "run", lambda argv, **_: said if argv[1:] == ["--version"] else None)
+    with pytest.raises(ValueError, match=r"Ray 2\.49, which has no token auth"):
+        multinode.ray_program(settings(tmp_path, **HEAD))
+    said.stdout = "ray, version 2.60.0\n"
+    assert multinode.ray_program(settings(tmp_path, **HEAD)).environment["RAY_AUTH_MODE"] == "token"
+
+
+def test_the_image_and_the_tests_install_the_same_ray_and_it_has_token_auth():
+    repo = Path(__file__).resolve().parents[2]
+    pins = [re.findall(r"ray\[[a-z,]+\]==([\d.]+)", (repo / name).read_text()) for name in ("Dockerfile", "Makefile")]
+    assert pins[0] and pins[0] == pins[1]
+    assert tuple(int(n) for n in pins[0][0].split(".")[:2]) >= multinode.TOKEN_AUTH_SINCE
