@@ -258,6 +258,8 @@ def headless_program(settings: Settings):
     argv = [settings.vllm_bin, "serve", settings.vllm_model, *args, *extra]
     if "--headless" not in args:
         argv.append("--headless")
+    rendezvous = f"{option_value(argv, '--master-addr')}:{option_value(argv, '--master-port')}"
+    argv = [sys.executable, "-m", "app.cluster_guard", "--follow", rendezvous, "--", *argv]  # joins each new one
     env = {"HF_HOME": str(settings.hf_home), **engine.caches(settings), **node_env(settings)}
     if settings.hf_token:
         env["HF_TOKEN"] = settings.hf_token
