@@ -207,7 +207,8 @@ def test_an_open_realtime_session_counts_as_a_request_in_flight(routed):
                     during = router.get("/status").json()["instances"]["coder"]["in_flight"]
             deadline = time.monotonic() + 10
             with control(routed) as router:
-                while (after := router.get("/status").json()["instances"]["coder"]["in_flight"]) and time.monotonic() < deadline:
+                in_flight = lambda: router.get("/status").json()["instances"]["coder"]["in_flight"]  # noqa: E731
+                while (after := in_flight()) and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
         return during, after
     assert asyncio.run(scenario()) == (1, 0)  # not idle while a session is open; released when it closes
