@@ -11,6 +11,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv openssh-server haproxy \
  && rm -rf /var/lib/apt/lists/*
 
+# Ray for APPLIANCE_ROLE head/worker, in the engine's Python: 2.52 or later has token auth (the boot refuses an
+# older one), and the extras bring the dashboard and the state API the Cluster page reads. Same pin as `make ray`.
+RUN python3 -m pip install --no-cache-dir "ray[default,cgraph]==2.60.0"
+
 COPY . /tmp/appliance-src
 RUN /tmp/appliance-src/scripts/install.sh --root / \
  && rm -rf /tmp/appliance-src

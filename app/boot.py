@@ -171,17 +171,15 @@ def control_programs(settings: Settings, ports: portal_config.Ports) -> list[ren
     return [
         # Renders the Caddyfile afresh (portal.yaml, /etc/environment), then execs Caddy: app/caddy_config.py
         render.Program(name="caddy", argv=[sys.executable, "-m", "app.caddy_config", "run"], priority=100),
-        # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
-        # supervisord's environment, which the entrypoint scrubs of secrets).
-        # The router on the vLLM API's internal port: routes each request to the engine serving its `model`.
+        # The router behind HAProxy (the fast path) or on the vLLM API's internal port: app/haproxy.py.
         # ROUTER_PEERS (the peers' keys) reaches the router only, through its 0600 program file.
         *(router_programs(settings, ports) if ports.api else []),
+        # HF_TOKEN: the manager renders the engines' programs (the token reaches it here, not through
+        # supervisord's environment, which the entrypoint scrubs of secrets). The manager also serves
+        # vllm-bootstrap's gRPC InferenceService on the API port + 1 (app/grpc_bridge.py; plaintext: docs/security.md).
         render.Program(name="manager", argv=[sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
                                              "--port", str(ports.manager_port)],
                        environment={"HF_TOKEN": settings.hf_token} if settings.hf_token else {}, priority=200),
-        # vllm-bootstrap's gRPC InferenceService on the API port + 1 (plaintext: docs/security.md)
-        *([render.Program(name="grpc-bridge", argv=[sys.executable, "-m", "app.grpc_bridge"], priority=300)]
-          if settings.bootstrap_grpc and ports.api else []),
     ]
 
 

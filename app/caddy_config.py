@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from dotenv import dotenv_values
 
-from app import checks, credentials, render, tls, validation
+from app import checks, credentials, render, validation
 from app.files import write_atomic
 from app.portal_config import PortalApp, Ports
 from app.settings import Settings, get_settings
@@ -75,6 +75,8 @@ def render_text(settings: Settings, apps: list[PortalApp], log: Log) -> str:
     settings = checks.auth_exclude(settings, apps, log)
     if settings.enable_https:
         settings = checks.public_addresses(settings, log)
+        from app import tls  # here: the manager and the router read this module, and cryptography costs them 8 MiB
+
         why = tls.ensure_certificate(settings)
         if why == "created":
             log(f"created a self-signed TLS certificate: {settings.cert_file}")

@@ -8,11 +8,18 @@
   and the manager's cluster watch (app/cluster.py) starts it again once the nodes are back;
 - SIGTERM from supervisor is passed to the engine, and the guard exits with the engine's status.
 Without the guard an engine whose worker left may hang on its next request instead of failing.
+
+`python -m app.cluster_guard --follow HOST:PORT -- vllm serve ... --headless` (a worker's share of an `mp` engine,
+app/multinode.py): the share joins the head's engine once, at its start, through the rendezvous port HOST:PORT;
+it cannot join a new one. So when that port, open while the head's engine lives, closes (two readings in a row)
+after it was open, the guard stops the share and exits 1: supervisor starts it again, and it waits for the head's
+next engine. A restart or swap of the head's engine thus needs nothing done on the workers.
 """
 from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,13 +57,61 @@ def stop(engine: subprocess.Popen) -> int:
     return engine.returncode
 
 
+def reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=POLL).close()
+        return True
+    except OSError:
+        return False
+
+
+def run(command: list[str], gone) -> int:
+    """The engine, until it exits, supervisor stops us, or `gone()` says why it must stop (then: that line, the
+    engine stopped, and GUARD_EXIT)."""
+    engine = subprocess.Popen(command)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
+    while engine.poll() is None:
+        if stopping:
+            return stop(engine)
+        time.sleep(POLL)
+        why = gone()
+        if why:
+            say(f"ERROR: {why}: stopping the engine")
+            stop(engine)
+            say(f"ERROR: the engine was stopped: {why}")  # again, last: the engine's shutdown lines come first
+            return multinode.GUARD_EXIT
+    code = engine.returncode
+    return code if code != multinode.GUARD_EXIT else 1  # the engine's own failure is never taken for ours
+
+
+def follow(command: list[str], address: str) -> int:
+    host, _, port = address.rpartition(":")
+    state = {"seen": False, "closed": 0}
+
+    def gone() -> str | None:
+        if reachable(host, int(port)):
+            state.update(seen=True, closed=0)
+        elif state["seen"]:
+            state["closed"] += 1
+        return (f"the head's engine at {address} is gone (stopped or restarted); this share starts again and joins "
+                "its next one") if state["closed"] >= 2 else None
+    say(f"this box's share of the head's engine follows its rendezvous port {address}")
+    code = run(command, gone)
+    return 1 if code == multinode.GUARD_EXIT else code  # 1: supervisor starts the share again
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cluster_guard")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=0)
+    parser.add_argument("--follow", metavar="HOST:PORT", help="a worker's share of an `mp` engine: the head's port")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.follow:
+        return follow(command, args.follow)
     settings = get_settings()
     started = time.monotonic()
     missing = wait_for_cluster(settings, args.nodes, args.gpus, START_WAIT)
@@ -66,24 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             "(or start it from the portal)")
         return multinode.GUARD_EXIT
     say(f"the cluster holds {args.nodes} node(s) and {args.gpus} GPU(s) for this engine; starting it")
-    engine = subprocess.Popen(command)
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
-    short = 0
-    while engine.poll() is None:
-        if stopping:
-            return stop(engine)
-        time.sleep(POLL)
+    short = {"readings": 0}
+
+    def gone() -> str | None:
         missing = cluster.shortfall(cluster.read(settings), args.nodes, args.gpus)
-        short = short + 1 if missing else 0
-        if short >= 2:
-            say(f"ERROR: {missing}: stopping the engine; it starts again when the nodes are back")
-            stop(engine)
-            say(f"ERROR: the engine was stopped: {missing}")  # again, last: the engine's shutdown lines come first
-            return multinode.GUARD_EXIT
-    code = engine.returncode
-    return code if code != multinode.GUARD_EXIT else 1  # the engine's own failure is never taken for ours
+        short["readings"] = short["readings"] + 1 if missing else 0
+        return f"{missing}; it starts again when the nodes are back" if short["readings"] >= 2 else None
+    return run(command, gone)
 
 
 if __name__ == "__main__":

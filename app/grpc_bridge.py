@@ -1,11 +1,12 @@
 """vllm-bootstrap's gRPC InferenceService on the API port + 1: each call becomes the engine's own OpenAI requests.
 
 The published client dials <API port + 1> in plaintext HTTP/2 (it cannot do TLS), so this server listens there
-itself, on every address (docs/security.md; BOOTSTRAP_GRPC=false turns it off). It authenticates each call like
-Caddy does the API port: `authorization: Bearer <admin token or an API_KEYS key>`. It asks the manager (on
-loopback) which instance a launch is and whether it is ready, then calls that engine on its loopback port:
-/v1/embeddings for Embed, /v1/completions for Complete, a batch sent as concurrent requests. A stream sends one
-whole result per input, in input order.
+itself, on every address (docs/security.md; BOOTSTRAP_GRPC=false turns it off). It runs in the manager's process
+(app/main.py starts it; one Python interpreter less in the control plane). It authenticates each call like
+Caddy does the API port: `authorization: Bearer <admin token or an API_KEYS key>`. It asks the manager's REST
+API (on loopback, like any client of it) which instance a launch is and whether it is ready, then calls that
+engine on its loopback port: /v1/embeddings for Embed, /v1/completions for Complete, a batch sent as concurrent
+requests. A stream sends one whole result per input, in input order.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import httpx
 from app import caddy_config, credentials
 from app.portal_config import Ports
 from app.proto import inference_pb2 as pb
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 SERVICE = "vllm_bootstrap.InferenceService"
 EMBED_BATCH = 64  # texts per /v1/embeddings request
@@ -240,11 +241,13 @@ def port(settings: Settings) -> int | None:
     return api.external_port + 1 if api else None
 
 
-async def serve(settings: Settings) -> None:
+async def start(settings: Settings) -> grpc.aio.Server | None:
+    """The server, started on the caller's loop (the manager's: app/main.py), or None when it cannot serve (said in
+    the log: the rest of the appliance comes up all the same)."""
     listen = port(settings)
     if listen is None:
         _say("no `vLLM API` entry in PORTAL_CONFIG: nothing to serve")
-        return
+        return None
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
                                       ("grpc.max_receive_message_length", MAX_REQUEST),
                                       ("grpc.so_reuseport", 0)])  # another process on this port: an error, not a share
@@ -253,12 +256,8 @@ async def serve(settings: Settings) -> None:
         server.add_insecure_port(f"0.0.0.0:{listen}")
     except RuntimeError as exc:
         _say(f"ERROR: cannot listen on port {listen} (the vLLM API's port + 1, where vllm-bootstrap's client dials): "
-             f"{exc}; free that port, or set BOOTSTRAP_GRPC=false")
-        sys.exit(1)
+             f"{exc}; free that port and restart the manager, or set BOOTSTRAP_GRPC=false")
+        return None
     await server.start()
     _say(f"vllm-bootstrap InferenceService on port {listen} (plaintext HTTP/2)")
-    await server.wait_for_termination()
-
-
-if __name__ == "__main__":
-    asyncio.run(serve(get_settings()))
+    return server

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import api_docs, cluster, gpu, guard, portal, portal_cluster
+from app import api_docs, cluster, gpu, grpc_bridge, guard, portal, portal_cluster
 from app.api import (
     activity,
     apps,
@@ -40,7 +40,11 @@ async def lifespan(app: FastAPI):
               flush=True)
     monitor = asyncio.create_task(app.state.manager.monitor())
     app.state.manager.cluster = cluster.Watch(app.state.manager).start()  # a head reads its Ray cluster
+    # vllm-bootstrap's gRPC InferenceService on the API port + 1, on this loop (app/grpc_bridge.py)
+    bridge = await grpc_bridge.start(app.state.settings) if app.state.settings.bootstrap_grpc else None
     yield
+    if bridge is not None:
+        await bridge.stop(grace=2)
     monitor.cancel()
     app.state.manager.cluster.stop()
     if getattr(app.state, "llmd", None):  # the llm-d API's event poller, started on its first use

@@ -326,6 +326,10 @@ class Manager:
         process group replaced; unchanged programs are left alone; programs of deleted instances are removed.
         """
         saved = self.store.instances
+        if saved and self.settings.appliance_role == "worker":  # a box that was `single` or `head` before
+            print(f"manager: this box is a worker: its saved instances ({', '.join(sorted(saved))}) are kept but not "
+                  "started; they run again when APPLIANCE_ROLE is single or head", flush=True)
+            saved = {}
         programs = {}  # instance -> its program: after a blue/green swap `<id>_b`, the file that runs the saved config
         for config in saved.values():
             slots = (config.id, strategies.other_program(config.id, config.id))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import re
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ DEFAULT_GCS_PORT = 6379
 HEADLESS = "vllm_headless"  # a worker's share of an `mp` engine (`_`: never an instance id)
 GUARD_EXIT = 3  # the cluster guard's exit status when nodes are missing: supervisor does not restart it
 SIOCGIFADDR = 0x8915
+TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with RAY_AUTH_MODE=token
 
 
 def ray_args(settings: Settings) -> list[str]:
@@ -103,6 +106,26 @@ def _ray_command(settings: Settings) -> str | None:
     return shutil.which(settings.ray_bin)
 
 
+def ray_version(ray: str) -> tuple[int, ...] | None:
+    """What `ray --version` says (`ray, version 2.60.0`), or None when it says no version."""
+    try:
+        said = subprocess.run([ray, "--version"], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"version (\d+)\.(\d+)", said)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
+def check_token_auth(ray: str) -> None:
+    """ValueError for a Ray that says it is older than TOKEN_AUTH_SINCE: it would ignore RAY_AUTH_MODE=token and
+    run the cluster without auth (vLLM's own image carried such a Ray before ours installed a newer one)."""
+    version = ray_version(ray)
+    if version is not None and version < TOKEN_AUTH_SINCE:
+        raise ValueError(f"{ray} is Ray {'.'.join(map(str, version))}, which has no token auth (Ray 2.52 or later "
+                         "has it): its cluster ports would take anyone's jobs. Install `ray[default]>=2.52` for "
+                         "this box's Python (the image has 2.60.0), or point RAY_BIN at such a `ray`")
+
+
 def ray_program(settings: Settings):
     """The program `ray`: the head (`ray start --head ...`) or a worker joining RAY_ADDRESS; for `single`, present
     only where ray is installed and started by hand, as before."""
@@ -114,6 +137,7 @@ def ray_program(settings: Settings):
                        priority=800) if ray else None
     if not ray:
         raise ValueError(f"APPLIANCE_ROLE={role} needs Ray: {settings.ray_bin!r} (RAY_BIN) is not installed")
+    check_token_auth(ray)
     args = ray_args(settings)
     if role == "worker":
         args = ["--address", settings.ray_address, *([] if "--head" in args else args)]
@@ -234,6 +258,8 @@ def headless_program(settings: Settings):
     argv = [settings.vllm_bin, "serve", settings.vllm_model, *args, *extra]
     if "--headless" not in args:
         argv.append("--headless")
+    rendezvous = f"{option_value(argv, '--master-addr')}:{option_value(argv, '--master-port')}"
+    argv = [sys.executable, "-m", "app.cluster_guard", "--follow", rendezvous, "--", *argv]  # joins each new one
     env = {"HF_HOME": str(settings.hf_home), **engine.caches(settings), **node_env(settings)}
     if settings.hf_token:
         env["HF_TOKEN"] = settings.hf_token

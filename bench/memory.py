@@ -1,8 +1,10 @@
-"""Resident memory of the control plane (supervisord, logforward, Caddy, router, manager, gRPC bridge), idle and
+"""Memory of the control plane (supervisord, logforward, Caddy, router, manager with the gRPC bridge), idle and
 under portal-like load with streamed completions through the router.
 
-Baseline, same run: a bare Python interpreter (`python3 -c` sleeping), the floor
-of any Python process; the control plane holds three of them plus Caddy.
+Two measures per process: RSS (resident, counting the pages it shares with others in full) and PSS (each shared page
+divided among the processes that map it). The control plane's total is the sum of PSS: a sum of RSS counts the
+Python interpreter's and libraries' shared pages once per process. Baseline, same run: a bare Python interpreter
+(`python3 -c` sleeping), the floor of any Python process; the control plane holds four of them plus Caddy.
 """
 from __future__ import annotations
 
@@ -16,14 +18,13 @@ from pathlib import Path
 from bench.report import table, write_section
 from tests.appliance import Appliance
 
-CONTROL = ("supervisord", "logforward", "caddy", "router", "manager", "grpc-bridge")
+CONTROL = ("supervisord", "logforward", "caddy", "router", "manager")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MiB, from the kernel's summary of the process's mappings."""
+    kib = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return int(kib["Rss"].split()[0]) / 1024, int(kib["Pss"].split()[0]) / 1024
 
 
 def control_pids(app: Appliance) -> dict[str, int]:
@@ -63,7 +64,7 @@ def inference_load(app: Appliance, stop: threading.Event) -> None:
 def main() -> None:
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     time.sleep(0.5)
-    baseline = rss_mib(bare.pid)
+    baseline = memory_mib(bare.pid)[0]
     bare.kill()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
@@ -73,31 +74,33 @@ def main() -> None:
         try:
             time.sleep(3)
             pids = control_pids(app)
-            idle = {name: rss_mib(pid) for name, pid in pids.items()}
+            idle = {name: memory_mib(pid) for name, pid in pids.items()}
             stop = threading.Event()
             threads = [threading.Thread(target=portal_load, args=(app, stop)) for _ in range(4)]
             threads += [threading.Thread(target=inference_load, args=(app, stop)) for _ in range(8)]
             for thread in threads:
                 thread.start()
-            busy = dict.fromkeys(pids, 0.0)
+            busy = dict.fromkeys(pids, (0.0, 0.0))
             for _ in range(20):
                 time.sleep(0.5)
-                busy = {name: max(busy[name], rss_mib(pid)) for name, pid in pids.items()}
+                now = {name: memory_mib(pid) for name, pid in pids.items()}
+                busy = {name: (max(busy[name][0], now[name][0]), max(busy[name][1], now[name][1])) for name in pids}
             stop.set()
             for thread in threads:
                 thread.join()
         finally:
             app.stop()
-    rows = [[name, f"{idle[name]:.1f}", f"{busy[name]:.1f}"] for name in CONTROL]
-    total_idle, total_busy = sum(idle.values()), sum(busy.values())
-    rows.append(["**total**", f"**{total_idle:.1f}**", f"**{total_busy:.1f}**"])
-    rows.append(["bare Python interpreter (baseline)", f"{baseline:.1f}", ""])
-    body = ("Resident memory (VmRSS, MiB). Busy: the peak over 10 s while four clients poll /api/health, "
-            "/api/stats and /api/instances and tail a log over SSE that the engine writes 20 lines/s to, and eight "
-            "clients stream chat completions through the router.\n\n"
-            + table(["process", "idle MiB", "busy MiB"], rows)
-            + f"\n\nThe control plane is {total_busy / baseline:.1f}× a bare interpreter when busy. "
-            "Target: under 200 MiB.")
+    rows = [[name, *(f"{v:.1f}" for v in (*idle[name], *busy[name]))] for name in CONTROL]
+    totals = [sum(m[i] for m in idle.values()) for i in (0, 1)] + [sum(m[i] for m in busy.values()) for i in (0, 1)]
+    rows.append(["**total**", *(f"**{v:.1f}**" for v in totals)])
+    rows.append(["bare Python interpreter (baseline)", f"{baseline:.1f}", "", "", ""])
+    body = ("Memory in MiB: RSS (resident, shared pages counted in full in each process) and PSS (shared pages divided "
+            "among the processes that map them; their sum is what the control plane takes from the box). Busy: the "
+            "peak over 10 s while four clients poll /api/health, /api/stats and /api/instances and tail a log over "
+            "SSE that the engine writes 20 lines/s to, and eight clients stream chat completions through the router."
+            "\n\n" + table(["process", "idle RSS", "idle PSS", "busy RSS", "busy PSS"], rows)
+            + f"\n\nBusy, the control plane takes {totals[3]:.0f} MiB (PSS). Its sum of RSS, {totals[2]:.0f} MiB, is "
+            f"{totals[2] / baseline:.1f}× a bare interpreter's RSS. Target: under 200 MiB.")
     write_section("memory", "Control-plane memory", body, "make bench  # or: python -m bench memory")
 
 

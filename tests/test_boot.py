@@ -117,7 +117,7 @@ def test_hostile_engine_settings_are_refused_and_the_portal_still_comes_up(boot,
     assert "ERROR: the engine is not started" in app.output()
     with app.client() as client:
         assert client.get(app.portal_url("/api/health")).status_code == 200
-    assert set(running(app)) == {"caddy", "grpc-bridge", "haproxy", "logforward", "manager", "router"}
+    assert set(running(app)) == {"caddy", "haproxy", "logforward", "manager", "router"}
     assert not pwned.exists()
 
 
@@ -128,7 +128,7 @@ def test_quotes_percent_and_command_substitution_reach_the_engine_as_plain_text(
     with app.client() as client:
         served = client.get(app.api_url("/v1/models")).json()["data"]
     assert [m["id"] for m in served] == [name]
-    assert set(running(app)) == {"caddy", "grpc-bridge", "haproxy", "logforward", "manager", "router", "vllm"}
+    assert set(running(app)) == {"caddy", "haproxy", "logforward", "manager", "router", "vllm"}
     assert not pwned.exists()
 
 

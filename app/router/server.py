@@ -15,10 +15,10 @@ from aiohttp import web
 from app.portal_config import Ports
 from app.settings import Settings
 
-from . import control, fastlog, models
+from . import control, fastlog, models, websocket
 from .fastpath import FastPath
 from .peers import Peers
-from .proxy import Proxy
+from .proxy import Proxy, per_instance
 from .queueing import Starter
 from .runtime_api import RuntimeAPI
 from .state import State, TableFile
@@ -41,11 +41,14 @@ def session() -> aiohttp.ClientSession:
 
 def api_app(state: State, stats: Stats, client: aiohttp.ClientSession, max_body: int,
             peers: Peers | None = None) -> web.Application:
-    proxy = Proxy(state, stats, Starter(state, client, stats.started_on_demand), client, max_body, peers)
+    starter = Starter(state, client, stats.started_on_demand)
+    proxy = Proxy(state, stats, starter, client, max_body, peers)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.method == "GET" and request.path == "/v1/models":
             return await models.handle(request, state, client, peers)
+        if websocket.is_upgrade(request):  # vLLM's /v1/realtime
+            return await websocket.relay(request, per_instance(request.raw_path), state, starter, client, stats)
         return await proxy.handle(request)
 
     application = web.Application(client_max_size=max_body)

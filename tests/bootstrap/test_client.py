@@ -26,12 +26,12 @@ def app(tmp_path_factory):
         "FAKE_NVML_GPUS": "2", "PYTHONPATH": str(REPO / "tests/fakes/nvml_site"), "API_KEYS": KEY})
     appliance.start()
     deadline = time.monotonic() + 30
-    while True:  # the bridge is a supervisor program of its own: wait until it listens
+    while True:  # the manager starts the bridge once it is up itself: wait until it listens
         try:
             socket.create_connection(("127.0.0.1", appliance.api_port + 1), timeout=1).close()
             break
         except OSError:
-            assert time.monotonic() < deadline, appliance.log("grpc-bridge")
+            assert time.monotonic() < deadline, appliance.log("manager")
             time.sleep(0.2)
     yield appliance
     appliance.stop()
@@ -224,7 +224,7 @@ def test_the_example_in_the_docs_runs_as_written(app):
 
 def test_bootstrap_grpc_false_opens_no_grpc_port_and_rest_still_works(boot, monkeypatch):
     app = boot({"BOOTSTRAP_GRPC": "false"})
-    assert "grpc-bridge" not in app.supervisorctl("status").stdout
+    assert "InferenceService" not in app.log("manager")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", app.api_port + 1), timeout=1).close()
     monkeypatch.setenv("SSL_CERT_FILE", str(app.cert))
@@ -242,10 +242,10 @@ def test_a_taken_grpc_port_is_said_in_the_bridges_log_and_the_rest_comes_up(boot
         taken.listen()
         app.start()
         deadline = time.monotonic() + 30
-        while "cannot listen on port" not in app.log("grpc-bridge"):
-            assert time.monotonic() < deadline, app.log("grpc-bridge")
+        while "cannot listen on port" not in app.log("manager"):
+            assert time.monotonic() < deadline, app.log("manager")
             time.sleep(0.2)
-    assert "set BOOTSTRAP_GRPC=false" in app.log("grpc-bridge")
+    assert "set BOOTSTRAP_GRPC=false" in app.log("manager")
     with app.client() as client:
         assert client.get(app.api_url("/launch")).json() == []
 

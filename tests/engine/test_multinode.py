@@ -118,4 +118,14 @@ def test_one_engine_across_two_boxes_fails_when_the_worker_leaves_and_recovers(c
         wait_for(lambda: state(head, client)["state"] == "ready", READY_TIMEOUT, "the engine ready again", 2)
         answer = complete(head, client)
         assert answer.status_code == 200, answer.text
+
+        # The head's engine restarts alone (from the portal, or after a crash): the worker's share, which can
+        # join one engine only, starts again by itself and joins the new one; nothing is done on the worker.
+        restarted = client.post(head.portal_url("/api/instances/vllm/restart"))
+        assert restarted.status_code < 300, restarted.text
+        wait_for(lambda: state(head, client)["state"] != "ready", 60, "the engine restarting", 0.5)
+        wait_for(lambda: state(head, client)["state"] == "ready", READY_TIMEOUT, "the engine ready after a restart", 2)
+        answer = complete(head, client)
+        assert answer.status_code == 200, answer.text
     assert "its nodes are back; starting it again" in head.log("manager")
+    assert "the head's engine at" in worker.log("vllm_headless")  # its guard saw the old one go

@@ -1,10 +1,15 @@
 """One API port, many models: the router sends each request to the engine serving its `model`."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import ssl
 import time
 
+import aiohttp
 import openai
+import pytest
 
 from tests.router.conftest import control, put
 
@@ -154,3 +159,56 @@ def test_the_control_socket_is_the_owners_only(routed):
     socket = routed.root / "run/appliance/router.sock"
     assert socket.stat().st_mode & 0o777 == 0o600
     assert json.loads(socket.with_name("routes.json").read_text())["default"] == "vllm"
+
+
+async def realtime(app, path: str, events: list[dict], auth: bool = True) -> list[dict]:
+    """vLLM's /v1/realtime through Caddy and the router: the server's events until `transcription.done` or an
+    error, after sending `events` (the first after `session.created`)."""
+    headers = {"Authorization": f"Bearer {app.token}"} if auth else {}
+    tls = ssl.create_default_context(cafile=str(app.cert))
+    heard = []
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(app.api_url(path).replace("https://", "wss://"), headers=headers, ssl=tls) as ws:
+        heard.append(await ws.receive_json(timeout=10))
+        for event in events:
+            await ws.send_json(event)
+        while heard[-1]["type"] not in ("transcription.done", "error"):
+            heard.append(await ws.receive_json(timeout=10))
+    return heard
+
+
+def test_a_realtime_websocket_goes_to_the_engine_its_model_query_names(routed):
+    audio = {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\0" * 640).decode()}
+    talk = [{"type": "session.update", "model": "code"}, audio, {"type": "input_audio_buffer.commit"}]
+    heard = asyncio.run(realtime(routed, "/v1/realtime?model=code", talk))
+    assert heard[0]["type"] == "session.created"  # the engine's own first event, relayed
+    # by alias: the router renamed the model in session.update to the name the engine serves
+    assert heard[-1] == {"type": "transcription.done", "text": "640 bytes heard by acme/tiny-coder",
+                         "usage": {"prompt_tokens": 2, "completion_tokens": 4}}
+    by_id = asyncio.run(realtime(routed, "/instances/vllm/v1/realtime", [
+        {"type": "session.update", "model": "acme/tiny-chat"}, audio, {"type": "input_audio_buffer.commit"}]))
+    assert by_id[-1]["text"] == "640 bytes heard by acme/tiny-chat"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as unknown:
+        asyncio.run(realtime(routed, "/v1/realtime?model=gpt-4o-realtime", []))
+    assert unknown.value.status == 404  # before the upgrade, like any request for a model that is not here
+    with pytest.raises(aiohttp.WSServerHandshakeError) as anonymous:
+        asyncio.run(realtime(routed, "/v1/realtime?model=code", [], auth=False))
+    assert anonymous.value.status == 401
+
+
+def test_an_open_realtime_session_counts_as_a_request_in_flight(routed):
+    async def scenario():
+        tls = ssl.create_default_context(cafile=str(routed.cert))
+        url = routed.api_url("/v1/realtime?model=acme/tiny-coder").replace("https://", "wss://")
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, headers={"Authorization": f"Bearer {routed.token}"}, ssl=tls) as ws:
+                assert (await ws.receive_json(timeout=10))["type"] == "session.created"
+                with control(routed) as router:
+                    during = router.get("/status").json()["instances"]["coder"]["in_flight"]
+            deadline = time.monotonic() + 10
+            with control(routed) as router:
+                in_flight = lambda: router.get("/status").json()["instances"]["coder"]["in_flight"]  # noqa: E731
+                while (after := in_flight()) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+        return during, after
+    assert asyncio.run(scenario()) == (1, 0)  # not idle while a session is open; released when it closes

@@ -3,11 +3,13 @@ the cluster's shortfall and the manager's 409 (app/multinode.py, app/cluster.py)
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from app import cluster, engine, gpu, multinode, render
+from app import cluster, cluster_guard, engine, gpu, multinode, render
 from app.instance import InstanceConfig, InstanceRequest
 from app.manager import InstanceError
 from app.settings import Settings
@@ -125,7 +127,8 @@ def test_a_multi_node_engine_runs_under_its_guard_and_is_not_restarted_by_superv
 def test_a_worker_in_mp_mode_runs_the_heads_engine_headless(tmp_path):
     worker = settings(tmp_path, **WORKER, MULTINODE_MODE="mp", VLLM_MODEL="acme/m", VLLM_ARGS="-pp 2 --dtype float32")
     program = multinode.headless_program(worker)
-    argv = program.argv
+    guard, argv = program.argv[:program.argv.index("--")], program.argv[program.argv.index("--") + 1:]
+    assert guard[1:] == ["-m", "app.cluster_guard", "--follow", "10.0.0.1:29500"]  # it joins each new head engine
     assert program.name == "vllm_headless" and argv[:3] == ["vllm", "serve", "acme/m"] and argv[-1] == "--headless"
     assert argv[argv.index("--node-rank") + 1] == "1" and argv[argv.index("--master-addr") + 1] == "10.0.0.1"
     assert program.environment["VLLM_HOST_IP"] == "10.0.0.2"
@@ -201,3 +204,43 @@ def test_rays_token_is_the_access_token_unless_given_and_then_token_shaped(tmp_p
         == "ray-token-0123456789abc"
     with pytest.raises(ValueError, match="RAY_AUTH_TOKEN must be 16-256 characters"):
         multinode.ray_token(settings(tmp_path, **HEAD, RAY_AUTH_TOKEN="short\nline"), "x")
+
+
+def test_a_ray_without_token_auth_is_refused_before_it_could_run_an_open_cluster(tmp_path, monkeypatch):
+    said = SimpleNamespace(stdout="ray, version 2.49.2\n")
+    monkeypatch.setattr(multinode.subprocess, "run", lambda argv, **_: said if argv[1:] == ["--version"] else None)
+    with pytest.raises(ValueError, match=r"Ray 2\.49, which has no token auth"):
+        multinode.ray_program(settings(tmp_path, **HEAD))
+    said.stdout = "ray, version 2.60.0\n"
+    assert multinode.ray_program(settings(tmp_path, **HEAD)).environment["RAY_AUTH_MODE"] == "token"
+
+
+def test_the_image_and_the_tests_install_the_same_ray_and_it_has_token_auth():
+    repo = Path(__file__).resolve().parents[2]
+    pins = [re.findall(r"ray\[[a-z,]+\]==([\d.]+)", (repo / name).read_text()) for name in ("Dockerfile", "Makefile")]
+    assert pins[0] and pins[0] == pins[1]
+    assert tuple(int(n) for n in pins[0][0].split(".")[:2]) >= multinode.TOKEN_AUTH_SINCE
+
+
+class FakeEngine:
+    def __init__(self, argv):
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = -15
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+def test_a_workers_share_restarts_when_the_heads_engine_it_joined_is_gone(monkeypatch, capsys):
+    readings = iter([False, False, True, True, False, False])  # not up yet (waits), up, then gone twice
+    monkeypatch.setattr(cluster_guard, "reachable", lambda host, port: next(readings))
+    monkeypatch.setattr(cluster_guard.subprocess, "Popen", FakeEngine)
+    monkeypatch.setattr(cluster_guard.time, "sleep", lambda seconds: None)
+    assert cluster_guard.main(["--follow", "10.0.0.1:29500", "--", "vllm", "serve", "m", "--headless"]) == 1
+    said = capsys.readouterr().out
+    assert "the head's engine at 10.0.0.1:29500 is gone" in said and "the engine was stopped" in said

@@ -10,6 +10,7 @@ import pytest
 
 from app.instance import InstanceRequest, Phase
 from app.manager import InstanceError, Manager
+from app.settings import Settings
 from tests.unit.fakes import make_manager, settle
 
 
@@ -318,4 +319,21 @@ def test_a_restarted_manager_finds_the_program_a_blue_green_swap_left_running(tm
         await third.reconcile()
         assert third.program_of("a") == "a_b" and set(fx.programs) == {"a_b"}  # the leftover is removed
         await third.aclose()
+    run(scenario())
+
+
+def test_a_box_turned_worker_keeps_its_saved_instances_but_starts_none(tmp_path, capsys):
+    async def scenario():
+        manager, fx = make_manager(tmp_path)
+        await manager.swap("a", InstanceRequest(model="acme/a", wait=True))
+        await manager.aclose()
+        fx.programs.clear()  # the next boot, as a worker, renders no engine
+        worker = Settings(APPLIANCE_ROOT=str(tmp_path), APPLIANCE_ROLE="worker", RAY_NODE_IP="10.0.0.2",
+                          RAY_ADDRESS="10.0.0.1:6379")
+        again = Manager(worker, fx, fx.router)
+        await again.reconcile()
+        await settle(again)
+        assert fx.programs == {} and "a" in again.store.instances
+        assert "this box is a worker: its saved instances (a) are kept but not started" in capsys.readouterr().out
+        await again.aclose()
     run(scenario())
