@@ -6,8 +6,11 @@ FROM vllm/vllm-openai:v0.11.0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # python3-venv for the appliance's own environment; openssh-server for PUBLIC_KEY logins; haproxy for the router's
-# fast path (used when it is 2.5 or later: json_query; an older one is reported at boot and the router serves alone).
+# fast path. Ubuntu 22.04 (vLLM's base) has HAProxy 2.4, without json_query: HAProxy's own stable 2.8 packages
+# for Ubuntu (their PPA) instead. An HAProxy older than 2.5 is reported at boot and the router then serves alone.
 RUN apt-get update \
+ && apt-get install -y --no-install-recommends software-properties-common \
+ && add-apt-repository -y ppa:vbernat/haproxy-2.8 \
  && apt-get install -y --no-install-recommends python3-venv openssh-server haproxy \
  && rm -rf /var/lib/apt/lists/*
 

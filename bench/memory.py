@@ -1,4 +1,4 @@
-"""Memory of the control plane (supervisord, logforward, Caddy, router, manager with the gRPC bridge), idle and
+"""Memory of the control plane (supervisord, logforward, Caddy, HAProxy, router, manager with the gRPC bridge), idle and
 under portal-like load with streamed completions through the router.
 
 Two measures per process: RSS (resident, counting the pages it shares with others in full) and PSS (each shared page
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.report import table, write_section
 from tests.appliance import Appliance
 
-CONTROL = ("supervisord", "logforward", "caddy", "router", "manager")
+CONTROL = ("supervisord", "logforward", "caddy", "haproxy", "router", "manager")
 
 
 def memory_mib(pid: int) -> tuple[float, float]:

@@ -69,8 +69,13 @@ async def serve(settings: Settings, port: int | None = None, fast_path: bool = F
         api = web.AppRunner(api_app(state, stats, client, settings.router_max_body_mb * 1024 * 1024, peers),
                             handler_cancellation=True, access_log=None, shutdown_timeout=5)
         fast = FastPath(state, RuntimeAPI(settings.haproxy_socket), settings.haproxy_map, log) if fast_path else None
+
+        def outside() -> dict[str, int]:
+            """In flight the router's own counts lack: HAProxy's (by instance) and each peer's (`peer:HOST:PORT`)."""
+            counts = fast.by_instance() if fast is not None else {}
+            return counts | {peer.label: peer.in_flight for peer in (peers.peers if peers else [])}
+        stats.loads.outside = outside
         if fast is not None:
-            stats.loads.outside = fast.by_instance
             fast_log = await fastlog.listen(settings.haproxy_log_socket, state, stats, fast.owners)
         ctl = web.AppRunner(control.app(state, stats, fast), access_log=None)
         await api.setup()

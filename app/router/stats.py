@@ -58,18 +58,18 @@ class _Loads:
 
     def __init__(self, state: State):
         self.state = state
-        self.outside: Callable[[], dict[str, int]] | None = None  # HAProxy's in flight by instance (the fast path)
+        self.outside: Callable[[], dict[str, int]] | None = None  # HAProxy's in flight by instance, and the peers'
 
     def collect(self):
         in_flight = GaugeMetricFamily("appliance_router_in_flight", "Requests the router (and HAProxy's fast path) "
-                                      "has in flight to the instance's engine.", labels=["instance"])
+                                      "has in flight to the instance's engine, or to a peer (`peer:HOST:PORT`).", labels=["instance"])
         queued = GaugeMetricFamily("appliance_router_queue_depth", "Requests waiting for the instance to be ready.",
                                    labels=["instance"])
         outside = self.outside() if self.outside else {}
         for instance_id in sorted(set(self.state.loads) | set(outside)):
-            load = self.state.load(instance_id)
-            in_flight.add_metric([instance_id], load.in_flight + outside.get(instance_id, 0))
-            queued.add_metric([instance_id], load.queued)
+            load = self.state.loads.get(instance_id)  # none for a peer, nor for an instance only HAProxy served
+            in_flight.add_metric([instance_id], (load.in_flight if load else 0) + outside.get(instance_id, 0))
+            queued.add_metric([instance_id], load.queued if load else 0)
         return [in_flight, queued]
 
 

@@ -127,6 +127,23 @@ def test_a_request_to_a_for_bs_model_is_answered_by_b_streamed_too(boxes):
     assert [(r["model"], r["instance"], r["status"]) for r in on_b] == [(CODER, "vllm", 200)] * 2
 
 
+def test_a_request_in_flight_to_a_peer_shows_in_as_gauge_under_the_peers_name(boxes):
+    a, b = boxes
+    gauge = f'appliance_router_in_flight{{instance="peer:127.0.0.1:{b.api_port}"}}'
+    body = {"model": CODER, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100, "stream": True}
+    with a.client(timeout=30) as client, control(a) as router:
+        with client.stream("POST", a.api_url("/v1/chat/completions"), json=body) as stream:
+            lines = stream.iter_lines()
+            next(line for line in lines if line.startswith("data: "))  # B is answering
+            during = router.get("/metrics").text
+            for _ in lines:
+                pass
+        after = router.get("/metrics").text
+        status = router.get("/status").json()["instances"]
+    assert f"{gauge} 1.0" in during and f"{gauge} 0.0" in after
+    assert not any(name.startswith("peer:") for name in status)  # a peer is never taken for an instance
+
+
 def test_the_scale_out_docs_example_runs_as_written(boxes):
     a, b = boxes
     doc = (REPO / "docs/scale-out.md").read_text().split("## Several boxes, one endpoint", 1)[1]
