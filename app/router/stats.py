@@ -62,7 +62,8 @@ class _Loads:
 
     def collect(self):
         in_flight = GaugeMetricFamily("appliance_router_in_flight", "Requests the router (and HAProxy's fast path) "
-                                      "has in flight to the instance's engine, or to a peer (`peer:HOST:PORT`).", labels=["instance"])
+                                      "has in flight to the instance's engine, or to a peer (`peer:HOST:PORT`).",
+                                      labels=["instance"])
         queued = GaugeMetricFamily("appliance_router_queue_depth", "Requests waiting for the instance to be ready.",
                                    labels=["instance"])
         outside = self.outside() if self.outside else {}
