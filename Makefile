@@ -6,7 +6,7 @@ APPLIANCE_ROOT ?= $(CURDIR)/.appliance
 # `make run` serves this small instruct model unless VLLM_MODEL is set (even to empty).
 RUN_MODEL := Qwen/Qwen2.5-0.5B-Instruct
 
-.PHONY: proto run test test-fast test-unit bench lint install engine ray system-packages clean
+.PHONY: proto run test test-fast test-unit bench lint install engine ray haproxy system-packages clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ ray:
 
 # VLLM_CPU_KVCACHE_SPACE (GiB) only matters to vLLM's CPU build, whose default asks for most of the RAM.
 # The engine venv goes last on PATH: a `vllm` the user already has wins over the one `make engine` installed.
-run: install engine
+# HAProxy for the router's fast path (Debian's package); where it cannot be installed the router serves alone.
+haproxy:
+	@command -v haproxy >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends haproxy; } || \
+	  echo "make: no haproxy: the router serves the API port alone (docs/routing.md#the-fast-path)"
+
+run: install engine haproxy
 	APPLIANCE_ROOT="$(APPLIANCE_ROOT)" PATH="$$PATH:$(ENGINE_VENV)/bin" \
 	VLLM_MODEL="$${VLLM_MODEL-$(RUN_MODEL)}" VLLM_CPU_KVCACHE_SPACE="$${VLLM_CPU_KVCACHE_SPACE-2}" ./entrypoint.sh
 
