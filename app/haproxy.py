@@ -18,6 +18,7 @@ from app.files import write_atomic
 from app.settings import Settings
 
 MIN_VERSION = (2, 5)  # json_query
+SOCKET_PATH_MAX = 97  # HAProxy's limit for a unix socket's path (its "too long (max 97)")
 BUFSIZE = 131072  # bytes: a JSON body up to this size (less HAProxy's reserve) is read whole for its `model`
 
 
@@ -29,6 +30,10 @@ def unusable(settings: Settings) -> str | None:
     """Why the fast path is off (a boot log line), or None when HAProxy runs it."""
     if not settings.router_fast_path:
         return "ROUTER_FAST_PATH=false"
+    for path in (settings.haproxy_socket, settings.haproxy_log_socket):
+        if len(str(path)) > SOCKET_PATH_MAX:  # HAProxy would refuse its configuration, and the API port stay shut
+            return (f"the unix socket {path} has a longer path than HAProxy takes ({SOCKET_PATH_MAX} characters); "
+                    "a shorter APPLIANCE_ROOT turns the fast path on")
     found = binary()
     if found is None:
         return "no `haproxy` installed (Debian's package `haproxy`)"

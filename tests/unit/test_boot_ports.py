@@ -68,3 +68,9 @@ def test_an_haproxy_without_json_query_turns_the_fast_path_off(tmp_path, monkeyp
     monkeypatch.setattr(boot.haproxy, "binary", lambda: str(fake))
     assert "older than HAProxy 2.5" in boot.haproxy.unusable(settings(tmp_path))
     assert boot.haproxy.unusable(settings(tmp_path, ROUTER_FAST_PATH="false")) == "ROUTER_FAST_PATH=false"
+
+
+def test_a_run_folder_too_deep_for_haproxys_sockets_turns_the_fast_path_off(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    why = boot.haproxy.unusable(settings(deep))
+    assert why is not None and "longer path than HAProxy takes (97 characters)" in why
