@@ -158,6 +158,8 @@ def router_programs(settings: Settings, ports: portal_config.Ports) -> list[rend
             log(f"ERROR: ROUTER_PORT {settings.router_port} is {ports.taken()[settings.router_port]}: the router "
                 f"takes port {port} instead")
         front = [haproxy.prepare(settings, ports.api_port, port)]
+        why_not = haproxy.refused(settings)
+    if why_not is None:
         log(f"fast path: HAProxy on the API's port {ports.api_port}, the router behind it on 127.0.0.1:{port}")
     else:
         port, front = ports.api_port, []

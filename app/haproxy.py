@@ -58,6 +58,22 @@ def prepare(settings: Settings, api_port: int, router_port: int) -> render.Progr
                           stopwaitsecs=10)
 
 
+def refused(settings: Settings) -> str | None:
+    """HAProxy's own check of the written configuration (`haproxy -c`): why it would not start, or None. A
+    configuration it refuses would leave the API port shut, so the boot puts the router there instead."""
+    found = binary()
+    assert found is not None
+    try:
+        done = subprocess.run([found, "-c", "-q", "-f", str(settings.haproxy_config)], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"`haproxy -c` failed ({exc.__class__.__name__})"
+    if done.returncode == 0:
+        return None
+    alerts = [line for line in (done.stderr + done.stdout).splitlines() if "ALERT" in line]
+    return f"HAProxy refuses its configuration: {(alerts or [done.stderr.strip()])[0][:300]}"
+
+
 def router_port(settings: Settings, taken: dict[int, str]) -> int:
     """ROUTER_PORT, or (0, or a port an app uses) a free loopback port."""
     if settings.router_port and settings.router_port not in taken:

@@ -48,6 +48,7 @@ def test_haproxy_takes_the_api_port_and_the_router_its_own_unless_the_fast_path_
     s.run_dir.mkdir(parents=True)
     monkeypatch.setattr(boot.haproxy, "unusable", lambda settings: None)
     monkeypatch.setattr(boot.haproxy, "binary", lambda: "/usr/sbin/haproxy")
+    monkeypatch.setattr(boot.haproxy, "refused", lambda settings: None)  # `haproxy -c` passes
     front, router = boot.router_programs(s, PORTS)
     port = int(router.argv[router.argv.index("--port") + 1])
     config = s.haproxy_config.read_text()
@@ -59,6 +60,12 @@ def test_haproxy_takes_the_api_port_and_the_router_its_own_unless_the_fast_path_
     (alone,) = boot.router_programs(s, PORTS)
     assert alone.argv[-2:] == ["--port", str(API)]
     assert "fast path off (ROUTER_FAST_PATH=false)" in capsys.readouterr().err
+    # a configuration HAProxy refuses would leave the API port shut: the router takes it, and the boot says why
+    monkeypatch.setattr(boot.haproxy, "unusable", lambda settings: None)
+    monkeypatch.setattr(boot.haproxy, "refused", lambda settings: "HAProxy refuses its configuration: [ALERT] x")
+    (alone,) = boot.router_programs(s, PORTS)
+    assert alone.argv[-2:] == ["--port", str(API)]
+    assert "fast path off (HAProxy refuses its configuration: [ALERT] x)" in capsys.readouterr().err
 
 
 def test_an_haproxy_without_json_query_turns_the_fast_path_off(tmp_path, monkeypatch):
