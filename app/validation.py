@@ -9,6 +9,9 @@ import re
 import shlex
 
 INSTANCE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+# The appliance's own supervisor programs. An instance's program bears its id, so no instance (nor a manifest's
+# program) may take one of these names: its program file would replace ours.
+OWN_PROGRAMS = frozenset({"caddy", "haproxy", "router", "manager", "logforward", "provisioning", "sshd", "ray"})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}")
 USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -27,6 +30,9 @@ def plain_text(value: str, what: str, *, max_len: int = 4096) -> str:
 def instance_id(value: str) -> str:
     if not INSTANCE_ID.fullmatch(value):
         raise ValueError(f"instance id {value!r} must match [a-z0-9][a-z0-9-]{{0,31}}")
+    if value in OWN_PROGRAMS:
+        raise ValueError(f"instance id {value!r} is the name of one of the appliance's own programs "
+                         f"({', '.join(sorted(OWN_PROGRAMS))}); choose another")
     return value
 
 

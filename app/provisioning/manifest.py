@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from app import portal_config, validation
 
 PROGRAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-RESERVED = {"caddy", "manager", "logforward", "provisioning", "sshd", "ray", "vllm"}
+RESERVED = validation.OWN_PROGRAMS | {"vllm"}  # and the default instance's
 # apt and pip names/specifiers: no option (leading -), no whitespace, no shell syntax.
 PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:=<>!~,\[\]@/-]*")
 MAX_BYTES = 256 * 1024  # the manifest's text, UTF-8

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from app import validation
 from app.instance import MAX_ARGS, MAX_ENV, InstanceConfig, InstanceRequest, error_message
 
 
@@ -74,3 +75,9 @@ def test_args_given_as_one_string_are_split_like_a_shell_would():
 def test_unknown_fields_are_refused():
     with pytest.raises(ValidationError, match="modle"):
         InstanceRequest(model="acme/m", modle="x")
+
+
+@pytest.mark.parametrize("name", sorted(validation.OWN_PROGRAMS))
+def test_an_instance_never_takes_the_name_of_one_of_the_appliances_own_programs(name):
+    with pytest.raises(ValidationError, match="one of the appliance's own programs"):
+        InstanceConfig(id=name, model="acme/m", port=18001)  # its program file would replace ours
