@@ -56,6 +56,8 @@ def test_a_gpu_owned_by_a_pinned_instance_is_refused_with_409_naming_it(gpu_api)
     missing = put(app, client, "second", model="acme/other", gpus=[5])
     assert missing.status_code == 422 and "GPU 5 does not exist: there are 2 GPUs" in missing.text
     assert put(app, client, "second", model="acme/other", gpus=[0, 0]).status_code == 422
+    own = put(app, client, "caddy", model="acme/other")  # an engine program named caddy would replace Caddy's
+    assert own.status_code == 422 and "one of the appliance's own programs" in own.text
     assert fingerprint(app) == before
     assert [i["id"] for i in client.get(app.portal_url("/api/instances")).json()] == ["vllm"]
     assert put(app, client, "vllm", model="acme/gpu-chat", pinned=False, wait=True).json()["pinned"] is False
