@@ -3,7 +3,6 @@ The protocol is app/router_client.py's docstring."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 
 from aiohttp import web
@@ -18,10 +17,6 @@ from .stats import Stats
 
 MAX_DRAIN = 86400.0
 ROUTE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}(?:_[a-z0-9]{1,16})?")
-
-
-def log(message: str) -> None:
-    print(f"router: {message}", file=sys.stderr, flush=True)
 
 
 def app(state: State, stats: Stats, fast: FastPath | None = None) -> web.Application:
@@ -65,7 +60,7 @@ def app(state: State, stats: Stats, fast: FastPath | None = None) -> web.Applica
         try:
             await fast.sync()  # its names leave HAProxy's map before anything is counted
         except HAProxyError as exc:
-            log(f"drain of {held}: HAProxy's map not updated ({exc}); its counts are still waited for")
+            fast.log(f"drain of {held}: HAProxy's map not updated ({exc}); its counts are still waited for")
         left = await state.drain(held, timeout)
         left += await fast.wait_idle(held, max(0.0, deadline - time.monotonic()))
         return web.json_response({"in_flight": left})
